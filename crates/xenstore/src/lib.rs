@@ -7,6 +7,7 @@
 //! [`server`] is a xenstored of our own.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod errno;
 pub mod path;
 pub mod perms;

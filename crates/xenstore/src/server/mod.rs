@@ -18,3 +18,6 @@ pub use reactor::{Server, ServerConfig, ServerControl, ServerHandle};
 /// Identifies one client connection for the lifetime of the server; never
 /// reused, so a late event cannot reach a newer connection by mistake.
 pub type ConnId = u64;
+
+#[cfg(test)]
+mod tests;
