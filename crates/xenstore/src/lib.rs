@@ -11,6 +11,7 @@ pub mod client;
 pub mod errno;
 pub mod path;
 pub mod perms;
+pub mod server;
 pub mod wire;
 
 pub use errno::XsErrno;
