@@ -21,6 +21,8 @@ enum Command {
     Xenstored(cmd::xenstored::Args),
     /// Show a part of the project working on this machine.
     Demo(cmd::demo::Args),
+    /// Measure performance against bounds taken in the same run.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +36,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Xenstored(a) => cmd::xenstored::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     }
 }

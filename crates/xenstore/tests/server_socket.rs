@@ -132,11 +132,15 @@ fn domain_socket_appears_on_introduce_and_acts_as_that_domain() {
     let dir = tempfile::tempdir().unwrap();
     let h = server(dir.path());
     let mut dom0 = connect(h.socket_path());
-    let r = request(&mut dom0, MsgType::Introduce, b"5\0 4096\0 3\0".as_slice());
+    let r = request(
+        &mut dom0,
+        MsgType::Introduce,
+        b"5\x00 4096\x00 3\x00".as_slice(),
+    );
     // Spaces are not digits: refused, and no socket appears.
     assert_eq!(r.msg_type, MsgType::Error as u32);
     assert_eq!(
-        request(&mut dom0, MsgType::Introduce, b"5\04096\03\0").payload,
+        request(&mut dom0, MsgType::Introduce, b"5\x004096\x003\x00").payload,
         b"OK\0"
     );
     let path = h.domain_socket_path(5).unwrap();
