@@ -6,7 +6,7 @@
 //! [`Core::effects`]. Every request gets exactly one reply that echoes its
 //! `req_id` and `tx_id`. Nothing a client sends can panic the handler.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::quota::Quotas;
 use super::tree::{Node, Tree};
@@ -80,6 +80,8 @@ pub struct Core {
     watches: WatchTable,
     domains: HashMap<DomId, Domain>,
     specials: HashMap<&'static str, Perms>,
+    /// Domains the hypervisor has, introduced or not (see `domain_exists`).
+    existing: HashSet<DomId>,
     quotas: Quotas,
     /// Messages to send, in order.
     pub out: Vec<(ConnId, Message)>,
@@ -103,6 +105,7 @@ impl Core {
             watches: WatchTable::default(),
             domains,
             specials,
+            existing: HashSet::new(),
             quotas,
             out: Vec::new(),
             effects: Vec::new(),
@@ -147,6 +150,14 @@ impl Core {
 
     pub fn is_introduced(&self, domid: DomId) -> bool {
         self.domains.contains_key(&domid)
+    }
+
+    /// Tells the store that a domain exists in the hypervisor before it is
+    /// introduced. C xenstored asks Xen this when a permission names a
+    /// domain; the toolstack writes a new domain's nodes, owned by it,
+    /// before it introduces the domain.
+    pub fn domain_exists(&mut self, domid: DomId) {
+        self.existing.insert(domid);
     }
 
     /// Introduces a domain on the toolstack's behalf (what INTRODUCE does).
@@ -279,6 +290,7 @@ impl Core {
             quotas: &self.quotas,
             specials: &mut self.specials,
             domains: &self.domains,
+            existing: &self.existing,
             events: Vec::new(),
         };
         let result = ctx.run(kind, &msg.payload);
@@ -399,6 +411,7 @@ impl Core {
     /// xenstored does this unless run with `--keep-orphans`), and
     /// `@releaseDomain` fires.
     pub fn release_domain(&mut self, domid: DomId) {
+        self.existing.remove(&domid);
         if domid == 0 || self.domains.remove(&domid).is_none() {
             return;
         }
@@ -426,6 +439,7 @@ impl Core {
             quotas: &self.quotas,
             specials: &mut self.specials,
             domains: &self.domains,
+            existing: &self.existing,
             events: Vec::new(),
         };
         for p in owned {
@@ -586,6 +600,7 @@ struct Ctx<'a> {
     quotas: &'a Quotas,
     specials: &'a mut HashMap<&'static str, Perms>,
     domains: &'a HashMap<DomId, Domain>,
+    existing: &'a HashSet<DomId>,
     events: Vec<Event>,
 }
 
@@ -884,7 +899,7 @@ impl Ctx<'_> {
             return Err(XsErrno::NoSpc);
         }
         let perms = Perms::parse_list(parts[1..].iter().copied())?;
-        if !self.domains.contains_key(&perms.owner()) {
+        if !self.domains.contains_key(&perms.owner()) && !self.existing.contains(&perms.owner()) {
             return Err(XsErrno::NoEnt);
         }
         if p.starts_with('@') {

@@ -70,6 +70,7 @@ enum Command {
     },
     Introduce(DomId),
     Release(DomId),
+    DomainExists(DomId, mpsc::Sender<()>),
 }
 
 struct Connection {
@@ -231,6 +232,10 @@ impl Server {
                 }
                 Command::Introduce(domid) => self.core.introduce(domid),
                 Command::Release(domid) => self.core.release_domain(domid),
+                Command::DomainExists(domid, done) => {
+                    self.core.domain_exists(domid);
+                    let _ = done.send(());
+                }
             }
         }
         true
@@ -536,6 +541,15 @@ impl ServerHandle {
     /// Introduces a domain as the toolstack's INTRODUCE would.
     pub fn introduce(&self, domid: DomId) -> io::Result<()> {
         self.control()?.send(Command::Introduce(domid))
+    }
+
+    /// Tells the store that `domid` exists (before it is introduced), so
+    /// permissions may name it; returns once the server has it.
+    pub fn domain_exists(&self, domid: DomId) -> io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.control()?.send(Command::DomainExists(domid, tx))?;
+        rx.recv()
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "xenstored has stopped"))
     }
 
     /// Releases a domain as RELEASE would.
