@@ -59,43 +59,6 @@ type Reply = Result<Vec<u8>, &'static str>;
 /// A watch event as (path, token).
 type Event = (String, String);
 
-// --- known server bugs -----------------------------------------------------
-
-/// Where the server departs from C xenstored 4.17. Each has a focused
-/// `known_bug_*` test below, ignored until the server is fixed; then clear
-/// its flag in [`SERVER_BUGS`].
-#[derive(Clone, Copy, Debug)]
-struct Bugs {
-    /// A request refused with EACCES on an existing node does not read the
-    /// node's parent (C: `get_node` -> `errno_from_parents` -> `ask_parents`,
-    /// §1), so a transaction does not touch the parent (§6).
-    eacces_skips_parent: bool,
-    /// Queueing a watch event inside a transaction reads the node's parent,
-    /// so WRITE of an existing node and SET_PERMS touch the parent (C only
-    /// calls `queue_watches`, §5/§6).
-    event_touches_parent: bool,
-    /// A transaction fires one event per change at commit instead of one
-    /// per node (C `queue_watches`, §5).
-    txn_event_per_change: bool,
-    /// An event identical to one still queued for the connection is not
-    /// dropped (C `send_event`, §5).
-    no_duplicate_suppression: bool,
-}
-
-const SERVER_BUGS: Bugs = Bugs {
-    eacces_skips_parent: true,
-    event_touches_parent: true,
-    txn_event_per_change: true,
-    no_duplicate_suppression: true,
-};
-
-const NO_BUGS: Bugs = Bugs {
-    eacces_skips_parent: false,
-    event_touches_parent: false,
-    txn_event_per_change: false,
-    no_duplicate_suppression: false,
-};
-
 // --- the reference model ------------------------------------------------
 
 #[derive(Clone, Debug)]
@@ -139,8 +102,6 @@ struct Model {
     watches: Vec<(String, String)>,
     /// Events delivered to dom0 by the current request.
     events: Vec<Event>,
-    /// Server bugs to reproduce instead of C xenstored's behaviour.
-    bugs: Bugs,
 }
 
 fn parent(p: &str) -> &str {
@@ -202,7 +163,7 @@ fn ok() -> Reply {
 }
 
 impl Model {
-    fn new(bugs: Bugs) -> Model {
+    fn new() -> Model {
         let mut m = Model {
             store: BTreeMap::new(),
             next_gen: 1,
@@ -210,7 +171,6 @@ impl Model {
             next_tx: [1; 3],
             watches: Vec::new(),
             events: Vec::new(),
-            bugs,
         };
         let node = |children: &[&str]| Node {
             value: Vec::new(),
@@ -286,12 +246,9 @@ impl Model {
                 }
             }
             Some(tx) => {
-                if self.bugs.event_touches_parent {
-                    self.get(ctx, parent(path));
-                }
                 let t = self.txns.get_mut(&(ctx.conn, tx)).expect("open txn");
                 match t.events.iter_mut().find(|e| e.0 == path) {
-                    Some(e) if !self.bugs.txn_event_per_change => e.1 |= subtree,
+                    Some(e) => e.1 |= subtree,
                     _ => t.events.push((path.to_owned(), subtree)),
                 }
             }
@@ -302,7 +259,6 @@ impl Model {
     fn check(&mut self, ctx: Ctx, path: &str, need: u8) -> Result<Node, &'static str> {
         let err = match self.get(ctx, path) {
             Some(n) if access(ctx.conn, &n.perms) & need == need => return Ok(n),
-            Some(_) if self.bugs.eacces_skips_parent => return Err("EACCES"),
             Some(_) => "EACCES",
             None => "ENOENT",
         };
@@ -461,10 +417,8 @@ impl Model {
         let mut events = std::mem::take(&mut self.events);
         // An event identical to one still queued is dropped (§5); nothing
         // stays queued between requests here.
-        if !self.bugs.no_duplicate_suppression {
-            let mut queued = BTreeSet::new();
-            events.retain(|e| queued.insert(e.clone()));
-        }
+        let mut queued = BTreeSet::new();
+        events.retain(|e| queued.insert(e.clone()));
         (reply, events)
     }
 
@@ -719,8 +673,8 @@ fn compare(
 }
 
 /// Runs `steps` on both; returns a description of the first divergence.
-fn run(steps: &[Step], bugs: Bugs) -> Result<(), String> {
-    let mut model = Model::new(bugs);
+fn run(steps: &[Step]) -> Result<(), String> {
+    let mut model = Model::new();
     let mut server = Server::new();
     let setup = [
         step(0, Op::Write("/local/domain/1".into(), "")),
@@ -836,26 +790,16 @@ fn config() -> ProptestConfig {
 proptest! {
     #![proptest_config(config())]
 
-    /// The model with the server's known bugs reproduced, so that anything
-    /// else that goes wrong shows up.
-    #[test]
-    fn server_agrees_with_the_model(steps in steps()) {
-        if let Err(e) = run(&steps, SERVER_BUGS) {
-            prop_assert!(false, "{}", e);
-        }
-    }
-
     /// C xenstored's behaviour throughout.
     #[test]
-    #[ignore = "server bugs: see the known_bug_* tests"]
-    fn server_agrees_with_the_strict_model(steps in steps()) {
-        if let Err(e) = run(&steps, NO_BUGS) {
+    fn server_agrees_with_the_model(steps in steps()) {
+        if let Err(e) = run(&steps) {
             prop_assert!(false, "{}", e);
         }
     }
 }
 
-// --- known server bugs, one request sequence each -------------------------
+// --- divergences the model once found, one request sequence each ----------
 
 /// Runs `steps` (conn, tx, op) on a fresh server; returns the last reply
 /// and the events dom0 got from it.
@@ -878,8 +822,7 @@ fn w(path: &str, value: &'static str) -> Op {
 /// records its generation. So a change to the parent meanwhile makes the
 /// commit fail.
 #[test]
-#[ignore = "server bug: EACCES on an existing node does not touch its parent in a transaction"]
-fn known_bug_eacces_skips_parent() {
+fn refused_existing_node_touches_its_parent_in_a_transaction() {
     let (reply, _) = replay(&[
         (1, 0, Op::Start),
         (1, 1, Op::Read("/tool".into())), // EACCES; C reads "/" too
@@ -893,8 +836,7 @@ fn known_bug_eacces_skips_parent() {
 /// C touches nothing but the node itself. A sibling created meanwhile
 /// changes only the parent, so the commit succeeds.
 #[test]
-#[ignore = "server bug: WRITE/SET_PERMS in a transaction touch the parent (spurious EAGAIN)"]
-fn known_bug_event_touches_parent() {
+fn writing_an_existing_node_in_a_transaction_does_not_touch_its_parent() {
     for op in [w("/a/b", "2"), Op::SetPerms("/a/b".into(), vec![('r', 0)])] {
         let (reply, _) = replay(&[
             (0, 0, w("/a/b", "1")),
@@ -913,8 +855,7 @@ fn known_bug_event_touches_parent() {
 /// §5: changes inside a transaction are queued per node, so a node
 /// written twice fires once at commit.
 #[test]
-#[ignore = "server bug: a transaction fires one event per change, not per node"]
-fn known_bug_txn_event_per_change() {
+fn a_transaction_fires_one_event_per_node() {
     let (reply, events) = replay(&[
         (0, 0, Op::Watch("/a", "t1")),
         (0, 0, Op::Start),
@@ -933,8 +874,7 @@ fn known_bug_txn_event_per_change() {
 /// connection is dropped. Two watches with one token that both match a
 /// change produce the same event twice.
 #[test]
-#[ignore = "server bug: identical watch events are not suppressed"]
-fn known_bug_no_duplicate_suppression() {
+fn identical_queued_events_are_sent_once() {
     let (reply, events) = replay(&[
         (0, 0, Op::Watch("/", "t1")),
         (0, 0, Op::Watch("/a", "t1")),

@@ -507,8 +507,16 @@ impl Core {
     }
 
     /// Queues watch events for every watcher allowed to see them.
+    /// Queues watch events for every watcher allowed to see them: one that
+    /// may read the node (under any of the event's permissions) or, as in C
+    /// xenstored, its parent as the store now has it. An event identical to
+    /// one already queued by this request for the same watcher is dropped.
     fn fire(&mut self, events: Vec<Event>) {
+        let first_new = self.out.len();
         for e in &events {
+            let parent_perms = path::parent(&e.path)
+                .and_then(|q| self.tree.get(q))
+                .map(|n| &n.perms);
             for (w, shown) in self.watches.matching(e) {
                 let Some(c) = self.conns.get(&w.conn) else {
                     continue;
@@ -518,9 +526,20 @@ impl Core {
                     privileged: c.privileged,
                     target: self.domains.get(&c.domid).and_then(|d| d.target),
                 };
-                if e.perms.iter().any(|p| watcher.access(p).can_read()) {
-                    self.out
-                        .push((w.conn, Message::watch_event(shown, &w.token)));
+                let visible = e
+                    .perms
+                    .iter()
+                    .chain(parent_perms)
+                    .any(|p| watcher.access(p).can_read());
+                if !visible {
+                    continue;
+                }
+                let msg = Message::watch_event(shown, &w.token);
+                let duplicate = self.out[first_new..]
+                    .iter()
+                    .any(|(to, m)| *to == w.conn && m.payload == msg.payload);
+                if !duplicate {
+                    self.out.push((w.conn, msg));
                 }
             }
         }
@@ -685,7 +704,12 @@ impl Ctx<'_> {
         let access = self.lookup(p).map(|n| caller.access(&n.perms));
         match access {
             None => Err(self.hide(p, XsErrno::NoEnt, want)),
-            Some(a) if !want.allowed(a) => Err(XsErrno::Acces),
+            Some(a) if !want.allowed(a) => {
+                // C xenstored consults the ancestors here too, which
+                // matters inside a transaction: it touches them.
+                self.hide(p, XsErrno::Acces, want);
+                Err(XsErrno::Acces)
+            }
             Some(_) => self.lookup(p).ok_or(XsErrno::NoEnt),
         }
     }
@@ -738,12 +762,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// Queues a watch event. Whoever may read the node (or, as in C
-    /// xenstored, its parent) may see it.
-    fn event(&mut self, p: &str, mut perms: Vec<Perms>, exact: bool) {
-        if let Some(parent) = path::parent(p).and_then(|q| self.lookup(q)) {
-            perms.push(parent.perms.clone());
-        }
+    /// Queues a watch event for the node at `p` (fired now, or at commit).
+    fn event(&mut self, p: &str, perms: Vec<Perms>, exact: bool) {
         self.events.push(Event {
             path: p.to_owned(),
             perms,

@@ -550,7 +550,10 @@ fn committed_transaction_applies_all_and_fires_events_only_at_commit() {
     assert_eq!(h.read(DOM0, 0, "/t/b").err(), XsErrno::NoEnt);
     let o = h.end(DOM0, tx, true);
     o.ok();
-    assert_eq!(o.events.len(), 3);
+    // One event per node touched, as C xenstored queues them.
+    let mut paths: Vec<&str> = o.events.iter().map(|(_, p, _)| p.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, vec!["/t/a", "/t/b"]);
     assert_eq!(h.read(DOM0, 0, "/t/b").ok(), b"2");
     assert_eq!(h.req(DOM0, MsgType::Directory, 0, &["/t"]).ok(), b"b\0");
 }

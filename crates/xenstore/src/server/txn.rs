@@ -60,7 +60,9 @@ impl Txn {
             .all(|(path, e)| tree.generation_of(path) == e.first_generation)
     }
 
-    /// Writes the changed nodes to `tree` and returns the held events.
+    /// Writes the changed nodes to `tree` and returns the held events: one
+    /// per node, as C xenstored queues them, a subtree event winning over an
+    /// exact one for the same node.
     pub fn apply(self, tree: &mut Tree) -> Vec<Event> {
         for (path, e) in self.entries {
             if !e.dirty {
@@ -73,6 +75,20 @@ impl Txn {
                 }
             }
         }
-        self.events
+        let mut events: Vec<Event> = Vec::with_capacity(self.events.len());
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for e in self.events {
+            match index.get(&e.path) {
+                Some(&i) => {
+                    events[i].exact &= e.exact;
+                    events[i].perms.extend(e.perms);
+                }
+                None => {
+                    index.insert(e.path.clone(), events.len());
+                    events.push(e);
+                }
+            }
+        }
+        events
     }
 }
