@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the embedded XenStore server in the foreground.
     Xenstored(cmd::xenstored::Args),
+    /// Run the emulated Xen (hypervisor and XenStore) in the foreground.
+    Emu(cmd::emu::Args),
     /// Show a part of the project working on this machine.
     Demo(cmd::demo::Args),
     /// Measure performance against bounds taken in the same run.
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Xenstored(a) => cmd::xenstored::run(a),
+        Command::Emu(a) => cmd::emu::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     }

@@ -490,3 +490,37 @@ fn count_fds() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+#[test]
+fn one_handle_reports_each_of_several_ports_that_fired() {
+    let s = setup();
+    let a = s.emu.create_domain("a", 1).unwrap();
+    let b = s.emu.create_domain("b", 1).unwrap();
+    let mut ga = s.guest(a);
+    let mut gb = s.guest(b);
+    let pa = ga.ok("alloc 0");
+    let pb = gb.ok("alloc 0");
+    let dom0 = EmuPlatform::connect(s.paths().xen()).unwrap();
+    let mut evt = dom0.event_channels().unwrap();
+    let la = evt
+        .bind_interdomain(a, EvtchnPort(pa.parse().unwrap()))
+        .unwrap();
+    let lb = evt
+        .bind_interdomain(b, EvtchnPort(pb.parse().unwrap()))
+        .unwrap();
+    ga.ok(&format!("notify {pa}"));
+    gb.ok(&format!("notify {pb}"));
+    let mut fired = Vec::new();
+    evt.pending(&mut fired).unwrap();
+    fired.sort();
+    assert_eq!(fired, vec![la, lb]);
+    // Masked until the peer notifies again: nothing more is pending.
+    let mut again = Vec::new();
+    evt.pending(&mut again).unwrap();
+    assert!(again.is_empty());
+    evt.unbind(la).unwrap();
+    assert!(matches!(evt.notify(la), Err(platform::Error::NotBound(_))));
+    gb.ok(&format!("notify {pb}"));
+    evt.pending(&mut again).unwrap();
+    assert_eq!(again, vec![lb]);
+}

@@ -1,6 +1,3 @@
-//! `xen-console bench`: performance figures, each next to the bound it is
-//! measured against in the same run.
-//!
 //! `bench xenstore` compares our XenStore server with a bare Unix-socket
 //! echo server (one epoll thread, no protocol work: the floor for any
 //! xenstored) on the same small request, and measures memory per node and
@@ -9,47 +6,17 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use super::{fmt_us, pin_to_cpu0, raise_fd_limit, ratio, row, tempfile_dir, unpin, Percentiles};
 use rustix::event::epoll;
 use xenstore::server::{Core, Quotas, ServerConfig, ServerHandle};
 use xenstore::wire::{Header, Message, MsgType};
-
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    what: What,
-}
-
-#[derive(clap::Subcommand)]
-enum What {
-    /// XenStore server: latency, throughput, memory, idle connections.
-    Xenstore {
-        /// Seconds per throughput measurement.
-        #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
-        /// Round trips per latency measurement.
-        #[arg(long, default_value_t = 50_000)]
-        round_trips: usize,
-        /// Do not pin the latency runs to CPU 0.
-        #[arg(long)]
-        no_pin: bool,
-    },
-}
-
-pub fn run(args: Args) -> anyhow::Result<()> {
-    match args.what {
-        What::Xenstore {
-            seconds,
-            round_trips,
-            no_pin,
-        } => xenstore_bench(Duration::from_secs_f64(seconds), round_trips, !no_pin),
-    }
-}
 
 const NODE: &str = "/bench/node";
 
@@ -67,13 +34,7 @@ fn read_message(s: &mut UnixStream, buf: &mut Vec<u8>) -> io::Result<Header> {
     Ok(h)
 }
 
-struct Latency {
-    p50: Duration,
-    p99: Duration,
-    mean: Duration,
-}
-
-fn measure_latency(socket: &Path, n: usize) -> io::Result<Latency> {
+fn measure_latency(socket: &Path, n: usize) -> io::Result<Percentiles> {
     let mut s = UnixStream::connect(socket)?;
     let req = read_request(1);
     let mut buf = Vec::new();
@@ -86,13 +47,7 @@ fn measure_latency(socket: &Path, n: usize) -> io::Result<Latency> {
             samples.push(t.elapsed());
         }
     }
-    samples.sort();
-    let total: Duration = samples.iter().sum();
-    Ok(Latency {
-        p50: samples[samples.len() / 2],
-        p99: samples[samples.len() * 99 / 100],
-        mean: total / u32::try_from(samples.len()).unwrap_or(u32::MAX),
-    })
+    Ok(Percentiles::of(samples))
 }
 
 /// Requests per second with `clients` connections, each keeping
@@ -215,33 +170,6 @@ fn echo_loop(listener: UnixListener, stop: &AtomicBool) -> io::Result<()> {
     Ok(())
 }
 
-fn pin_to_cpu0() -> io::Result<()> {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(0);
-    rustix::thread::sched_setaffinity(None, &set)?;
-    Ok(())
-}
-
-fn unpin() -> io::Result<()> {
-    let mut set = rustix::thread::CpuSet::new();
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for cpu in 0..n {
-        set.set(cpu);
-    }
-    rustix::thread::sched_setaffinity(None, &set)?;
-    Ok(())
-}
-
-fn raise_fd_limit() -> io::Result<()> {
-    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let new = rustix::process::Rlimit {
-        current: lim.maximum,
-        maximum: lim.maximum,
-    };
-    rustix::process::setrlimit(rustix::process::Resource::Nofile, new)?;
-    Ok(())
-}
-
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: usize = statm
@@ -267,11 +195,7 @@ fn memory_per_100k_nodes() -> usize {
     after.saturating_sub(before)
 }
 
-fn fmt_us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-fn xenstore_bench(dur: Duration, round_trips: usize, pin: bool) -> anyhow::Result<()> {
+pub fn run(dur: Duration, round_trips: usize, pin: bool) -> anyhow::Result<()> {
     raise_fd_limit().context("raising the fd limit")?;
     // Both servers (and the latency client, this thread) share CPU 0: a
     // wake-up of an idle CPU on these VMs costs more than the work itself.
@@ -365,18 +289,4 @@ fn xenstore_bench(dur: Duration, round_trips: usize, pin: bool) -> anyhow::Resul
     server.shutdown()?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-fn row(name: &str, a: String, b: String, r: String) {
-    println!("{name:<44} {a:>14} {b:>14} {r:>8}");
-}
-
-fn ratio(a: Duration, b: Duration) -> String {
-    format!("{:.2}", a.as_secs_f64() / b.as_secs_f64())
-}
-
-fn tempfile_dir() -> io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("xen-console-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
