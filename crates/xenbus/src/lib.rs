@@ -1,0 +1,2 @@
+//! XenBus backend framework (being written).
+#![forbid(unsafe_code)]
