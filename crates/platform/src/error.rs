@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::mapping::OutOfBounds;
+use crate::mapping::AccessError;
 use crate::types::EvtchnPort;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +32,10 @@ pub enum Error {
     /// The port is not bound on this handle.
     #[error("event channel port {0} is not bound on this handle")]
     NotBound(EvtchnPort),
-    /// A mapping access outside the mapped pages.
+    /// A mapping access outside the mapped pages, or a write to pages
+    /// mapped read-only.
     #[error(transparent)]
-    OutOfBounds(#[from] OutOfBounds),
+    Access(#[from] AccessError),
     /// Not built yet; says what.
     #[error("{0} is not implemented")]
     NotImplemented(&'static str),

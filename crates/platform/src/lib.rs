@@ -17,7 +17,7 @@ pub mod types;
 use std::os::fd::AsFd;
 
 pub use error::{Error, Result};
-pub use mapping::{MappedPages, OutOfBounds};
+pub use mapping::{AccessError, MappedPages};
 pub use types::{DomId, EvtchnPort, Gfn, GrantRef, PAGE_SIZE};
 
 /// One event-channel handle, like one open of `/dev/xen/evtchn`: it binds

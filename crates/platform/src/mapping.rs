@@ -4,7 +4,9 @@
 //! whenever it likes, so nothing here hands out a `&[u8]` or `&mut [u8]` to
 //! it: that would let the compiler assume the bytes do not change. Bytes move
 //! with volatile copies and ring indices with atomic loads and stores, every
-//! access bounds-checked. The mapping is released exactly once, on drop.
+//! access bounds-checked. A mapping made read-only refuses every write
+//! (the page is `PROT_READ`: a store would fault the whole process). The
+//! mapping is released exactly once, on drop.
 
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
@@ -19,6 +21,8 @@ pub(crate) type Release = Box<dyn FnOnce() + Send>;
 pub struct MappedPages {
     ptr: NonNull<u8>,
     len: usize,
+    /// Mapped `PROT_WRITE`; when false every store is refused.
+    writable: bool,
     release: Option<Release>,
 }
 
@@ -31,13 +35,21 @@ unsafe impl Send for MappedPages {}
 // concurrent volatile/atomic access from several threads is sound.
 unsafe impl Sync for MappedPages {}
 
-/// An access outside the mapping or misaligned.
+/// An access the mapping refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("access of {len} bytes at offset {offset} is outside a {size}-byte mapping or misaligned")]
-pub struct OutOfBounds {
-    pub offset: usize,
-    pub len: usize,
-    pub size: usize,
+pub enum AccessError {
+    /// Outside the mapping, or misaligned.
+    #[error(
+        "access of {len} bytes at offset {offset} is outside a {size}-byte mapping or misaligned"
+    )]
+    OutOfBounds {
+        offset: usize,
+        len: usize,
+        size: usize,
+    },
+    /// A write to pages mapped read-only.
+    #[error("write of {len} bytes at offset {offset} to a read-only mapping")]
+    ReadOnly { offset: usize, len: usize },
 }
 
 impl MappedPages {
@@ -74,20 +86,32 @@ impl MappedPages {
         };
         let ptr = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(MappedPages { ptr, len, release })
+        Ok(MappedPages {
+            ptr,
+            len,
+            writable,
+            release,
+        })
     }
 
     /// Takes ownership of a mapping made elsewhere in this crate.
     ///
     /// # Safety
     /// `ptr` must be the start of a live `mmap` of exactly `len` bytes that
-    /// nothing else will unmap or access as a Rust reference.
+    /// nothing else will unmap or access as a Rust reference, mapped with
+    /// `PROT_WRITE` if `writable`.
     pub(crate) unsafe fn from_raw(
         ptr: NonNull<u8>,
         len: usize,
+        writable: bool,
         release: Option<Release>,
     ) -> MappedPages {
-        MappedPages { ptr, len, release }
+        MappedPages {
+            ptr,
+            len,
+            writable,
+            release,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -98,10 +122,15 @@ impl MappedPages {
         self.len == 0
     }
 
-    fn check(&self, offset: usize, len: usize, align: usize) -> Result<(), OutOfBounds> {
+    /// Whether the pages were mapped writable; if not, writes are refused.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    fn check(&self, offset: usize, len: usize, align: usize) -> Result<(), AccessError> {
         let end = offset.checked_add(len);
         if end.is_none_or(|e| e > self.len) || !offset.is_multiple_of(align) {
-            return Err(OutOfBounds {
+            return Err(AccessError::OutOfBounds {
                 offset,
                 len,
                 size: self.len,
@@ -110,42 +139,59 @@ impl MappedPages {
         Ok(())
     }
 
-    fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, OutOfBounds> {
-        self.check(offset, 4, 4)?;
-        // SAFETY: the range is inside the mapping and 4-byte aligned (the
-        // mapping is page aligned); the mapping lives as long as `self`, and
-        // shared memory is only ever accessed atomically at this offset.
-        Ok(unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast::<u32>()) })
+    /// [`check`](Self::check), and refuses any write to a read-only mapping.
+    fn check_write(&self, offset: usize, len: usize, align: usize) -> Result<(), AccessError> {
+        self.check(offset, len, align)?;
+        if !self.writable {
+            return Err(AccessError::ReadOnly { offset, len });
+        }
+        Ok(())
+    }
+
+    /// The `u32` at `offset`, already checked by the caller (and for a
+    /// store, checked writable).
+    fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: the caller checked the range is inside the mapping and
+        // 4-byte aligned (the mapping is page aligned); the mapping lives as
+        // long as `self`, and shared memory is only ever accessed atomically
+        // at this offset. On a read-only mapping only `load` is ever called
+        // (stores are refused first), and plain atomic loads of at most 8
+        // bytes are allowed on read-only memory.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast::<u32>()) }
     }
 
     /// Atomic load of a `u32` (a ring index).
-    pub fn load_u32(&self, offset: usize, order: Ordering) -> Result<u32, OutOfBounds> {
-        Ok(self.atomic_u32(offset)?.load(order))
+    pub fn load_u32(&self, offset: usize, order: Ordering) -> Result<u32, AccessError> {
+        self.check(offset, 4, 4)?;
+        Ok(self.atomic_u32(offset).load(order))
     }
 
     /// Atomic store of a `u32` (a ring index).
-    pub fn store_u32(&self, offset: usize, value: u32, order: Ordering) -> Result<(), OutOfBounds> {
-        self.atomic_u32(offset)?.store(value, order);
+    pub fn store_u32(&self, offset: usize, value: u32, order: Ordering) -> Result<(), AccessError> {
+        self.check_write(offset, 4, 4)?;
+        self.atomic_u32(offset).store(value, order);
         Ok(())
     }
 
     /// Atomic load of one byte (a flag such as the console's `connection`).
-    pub fn load_u8(&self, offset: usize, order: Ordering) -> Result<u8, OutOfBounds> {
+    pub fn load_u8(&self, offset: usize, order: Ordering) -> Result<u8, AccessError> {
         self.check(offset, 1, 1)?;
-        // SAFETY: in bounds; the mapping outlives the reference.
+        // SAFETY: in bounds; the mapping outlives the reference; a plain
+        // one-byte atomic load is allowed even on read-only memory.
         Ok(unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(offset)) }.load(order))
     }
 
     /// Atomic store of one byte.
-    pub fn store_u8(&self, offset: usize, value: u8, order: Ordering) -> Result<(), OutOfBounds> {
-        self.check(offset, 1, 1)?;
-        // SAFETY: in bounds; the mapping outlives the reference.
+    pub fn store_u8(&self, offset: usize, value: u8, order: Ordering) -> Result<(), AccessError> {
+        self.check_write(offset, 1, 1)?;
+        // SAFETY: in bounds of a mapping made writable; the mapping
+        // outlives the reference.
         unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(offset)) }.store(value, order);
         Ok(())
     }
 
     /// Copies `dst.len()` bytes out of the mapping at `offset`.
-    pub fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfBounds> {
+    pub fn read_into(&self, offset: usize, dst: &mut [u8]) -> Result<(), AccessError> {
         self.check(offset, dst.len(), 1)?;
         // SAFETY: the source range is inside the mapping; `dst` is ordinary
         // memory we own exclusively.
@@ -154,10 +200,10 @@ impl MappedPages {
     }
 
     /// Copies `src` into the mapping at `offset`.
-    pub fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), OutOfBounds> {
-        self.check(offset, src.len(), 1)?;
-        // SAFETY: the destination range is inside the mapping; `src` is
-        // ordinary memory.
+    pub fn write_from(&self, offset: usize, src: &[u8]) -> Result<(), AccessError> {
+        self.check_write(offset, src.len(), 1)?;
+        // SAFETY: the destination range is inside a mapping made writable;
+        // `src` is ordinary memory.
         unsafe { volatile_copy(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len()) };
         Ok(())
     }
@@ -271,6 +317,40 @@ mod tests {
         assert_eq!(m.len(), 2 * PAGE_SIZE);
         drop(m);
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_read_only_mapping_refuses_writes_instead_of_faulting() {
+        use std::os::fd::AsFd;
+        let fd = memfd_pages(1);
+        let rw = MappedPages::map_fd(fd.as_fd(), 0, 1, true, None).unwrap();
+        let ro = MappedPages::map_fd(fd.as_fd(), 0, 1, false, None).unwrap();
+        rw.store_u32(3084, 9, Ordering::Release).unwrap();
+        rw.write_from(0, b"x").unwrap();
+        assert!(!ro.is_writable());
+        // Each of these used to store into a PROT_READ page: SIGSEGV.
+        let refused = AccessError::ReadOnly {
+            offset: 3084,
+            len: 4,
+        };
+        assert_eq!(ro.store_u32(3084, 1, Ordering::Release), Err(refused));
+        assert!(matches!(
+            ro.store_u8(3088, 0, Ordering::Release),
+            Err(AccessError::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            ro.write_from(0, b"y"),
+            Err(AccessError::ReadOnly { .. })
+        ));
+        // Out of bounds is still reported as such, and reads still work.
+        assert!(matches!(
+            ro.write_from(4096, b"y"),
+            Err(AccessError::OutOfBounds { .. })
+        ));
+        assert_eq!(ro.load_u32(3084, Ordering::Acquire), Ok(9));
+        let mut b = [0u8; 1];
+        ro.read_into(0, &mut b).unwrap();
+        assert_eq!(&b, b"x");
     }
 
     #[test]

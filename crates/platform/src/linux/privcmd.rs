@@ -86,10 +86,10 @@ impl Privcmd {
             )
         })?;
         let addr = ptr.as_ptr() as usize;
-        // SAFETY: `ptr` starts the live `len`-byte mapping made just above;
-        // only the returned `MappedPages` unmaps it, and nothing else holds a
-        // reference into it.
-        let pages = unsafe { MappedPages::from_raw(ptr, len, None) };
+        // SAFETY: `ptr` starts the live `len`-byte mapping made just above
+        // with `PROT_WRITE` exactly if `writable`; only the returned
+        // `MappedPages` unmaps it, and nothing else holds a reference into it.
+        let pages = unsafe { MappedPages::from_raw(ptr, len, writable, None) };
         let addr = u64::try_from(addr).map_err(|_| Error::device(OP, DEVICE, Errno::OVERFLOW))?;
         Ok((pages, addr))
     }
