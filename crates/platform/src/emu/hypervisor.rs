@@ -2,6 +2,9 @@
 //!
 //! * Memory: a domain's RAM is a set of pages, each its own `memfd`, so a
 //!   grant or foreign map hands over exactly one page and never the rest.
+//!   Each memfd is sealed at one page (`F_SEAL_SHRINK | F_SEAL_GROW |
+//!   F_SEAL_SEAL`): whoever holds it cannot truncate it under another
+//!   process's mapping, which would make that process's next access SIGBUS.
 //! * Grant tables: references 0–7 are reserved; the toolstack fills ref 0
 //!   (`GNTTAB_RESERVED_CONSOLE`) with the console page for the console
 //!   backend, as Xen's domain builder does. A map succeeds only for an
@@ -13,6 +16,12 @@
 //!   notify is one `write` into the peer's eventfd. When one end closes, the
 //!   other reverts to unbound (remote = the closer) and is woken, so it can
 //!   see the close and the same backend can bind again after a restart.
+//!   Only the connection that holds a port may close it, as only the fd that
+//!   bound a port may unbind it on Linux.
+//! * Limits: a domain has at most [`MAX_GUEST_PORTS`] ports (dom0
+//!   [`MAX_DOM0_PORTS`]) and [`MAX_GRANTS`] grant entries, as Xen bounds
+//!   them (`max_event_channels`, `max_grant_frames`); each port costs the
+//!   emulator two eventfds, so an unbounded guest could exhaust its fds.
 //!
 //! Every refusal is an [`Refusal`] naming the rule; the caller logs it and
 //! answers the requester, and nobody else is affected.
@@ -28,6 +37,16 @@ use crate::types::{DomId, EvtchnPort, Gfn, GrantRef, PAGE_SIZE};
 
 /// Identifies one client connection to the hypervisor.
 pub type ConnId = u64;
+
+/// Ports a guest may have open at once: libxl's default
+/// `max_event_channels`.
+pub const MAX_GUEST_PORTS: usize = 1023;
+/// Ports dom0 may have open at once (one per console it serves, at least):
+/// the FIFO event-channel ABI's limit.
+pub const MAX_DOM0_PORTS: usize = 1 << 17;
+/// Grant entries a domain may have: Xen's default `max_grant_frames` (64)
+/// of 512 version-1 entries each.
+pub const MAX_GRANTS: usize = 64 * 512;
 
 /// Offset of the `connection` byte in `struct xencons_interface`.
 const CONSOLE_CONNECTION_OFFSET: u64 = 3088;
@@ -91,18 +110,20 @@ struct Domain {
     pages: Vec<Arc<OwnedFd>>,
     grants: HashMap<u32, Grant>,
     ports: HashMap<u32, Port>,
+    max_ports: usize,
     next_port: u32,
     next_gref: u32,
     start_info: Option<StartInfo>,
 }
 
 impl Domain {
-    fn new(name: &str) -> Domain {
+    fn new(name: &str, max_ports: usize) -> Domain {
         Domain {
             name: name.to_owned(),
             pages: Vec::new(),
             grants: HashMap::new(),
             ports: HashMap::new(),
+            max_ports,
             next_port: 1,
             next_gref: GrantRef::FIRST_FREE,
             start_info: None,
@@ -116,13 +137,27 @@ impl Domain {
             .map_or_else(|| refuse(format!("domain has no frame {gfn}")), Ok)
     }
 
+    /// Refuses once the domain has as many ports as it may have.
+    fn check_port_room(&self) -> Result<(), Refusal> {
+        if self.ports.len() >= self.max_ports {
+            return refuse(format!(
+                "domain has {} event channel ports, its limit",
+                self.max_ports
+            ));
+        }
+        Ok(())
+    }
+
+    /// Inserts `port` under a free number; call
+    /// [`check_port_room`](Self::check_port_room) first.
     fn new_port(&mut self, port: Port) -> EvtchnPort {
-        while self.ports.contains_key(&self.next_port) {
-            self.next_port += 1;
+        // Terminates: fewer than `max_ports` numbers are taken.
+        while self.next_port == 0 || self.ports.contains_key(&self.next_port) {
+            self.next_port = self.next_port.wrapping_add(1);
         }
         let p = self.next_port;
         self.ports.insert(p, port);
-        self.next_port += 1;
+        self.next_port = p.wrapping_add(1);
         EvtchnPort(p)
     }
 }
@@ -163,7 +198,7 @@ impl Hypervisor {
     /// A hypervisor with dom0 (no pages of its own: it maps others').
     pub fn new() -> Hypervisor {
         let mut domains = HashMap::new();
-        domains.insert(DomId::DOM0, Domain::new("Domain-0"));
+        domains.insert(DomId::DOM0, Domain::new("Domain-0", MAX_DOM0_PORTS));
         Hypervisor {
             domains,
             next_domid: 1,
@@ -221,7 +256,7 @@ impl Hypervisor {
             ));
         }
         let domid = self.free_domid()?;
-        let mut dom = Domain::new(name);
+        let mut dom = Domain::new(name, MAX_GUEST_PORTS);
         for _ in 0..pages {
             dom.pages.push(Arc::new(new_page()?));
         }
@@ -311,6 +346,9 @@ impl Hypervisor {
         }
         let dom = self.domain_mut(caller)?;
         dom.page(gfn)?;
+        if dom.grants.len() >= MAX_GRANTS {
+            return refuse(format!("grant table full ({MAX_GRANTS} entries)"));
+        }
         while dom.grants.contains_key(&dom.next_gref) {
             dom.next_gref = dom.next_gref.wrapping_add(1).max(GrantRef::FIRST_FREE);
         }
@@ -415,6 +453,7 @@ impl Hypervisor {
         if !self.exists(remote) {
             return refuse(format!("remote domain {remote} does not exist"));
         }
+        self.domain(owner)?.check_port_room()?;
         let (wait, kick) = (new_eventfd()?, new_eventfd()?);
         let holder = if caller == owner { conn } else { None };
         let port = self.domain_mut(owner)?.new_port(Port {
@@ -458,7 +497,7 @@ impl Hypervisor {
         remote: DomId,
         remote_port: EvtchnPort,
     ) -> Result<PortFds, Refusal> {
-        self.domain(caller)?;
+        self.domain(caller)?.check_port_room()?;
         let rdom = self.domain_mut(remote)?;
         let Some(rp) = rdom.ports.get_mut(&remote_port.0) else {
             return refuse(format!("domain {remote} has no port {remote_port}"));
@@ -500,13 +539,28 @@ impl Hypervisor {
         })
     }
 
-    /// Closes a port of `caller`; its peer reverts to unbound and is woken.
-    pub fn close_port(&mut self, caller: DomId, port: EvtchnPort) -> Result<(), Refusal> {
+    /// Closes a port of `caller` that connection `conn` holds; its peer
+    /// reverts to unbound and is woken. Another process's port of the same
+    /// domain (say, another backend in dom0) is not this connection's to
+    /// close, as Linux's evtchn answers `ENOTCONN` for a port another fd
+    /// bound.
+    pub fn close_port(
+        &mut self,
+        caller: DomId,
+        conn: ConnId,
+        port: EvtchnPort,
+    ) -> Result<(), Refusal> {
         let dom = self.domain_mut(caller)?;
-        let Some(p) = dom.ports.remove(&port.0) else {
-            return refuse(format!("domain {caller} has no port {port}"));
-        };
-        self.peer_closed(caller, p.state);
+        match dom.ports.get(&port.0) {
+            None => return refuse(format!("domain {caller} has no port {port}")),
+            Some(p) if p.holder != Some(conn) => {
+                return refuse(format!("port {port} of domain {caller} is not bound here"))
+            }
+            Some(_) => {}
+        }
+        if let Some(p) = dom.ports.remove(&port.0) {
+            self.peer_closed(caller, p.state);
+        }
         Ok(())
     }
 
@@ -570,10 +624,16 @@ impl Hypervisor {
     }
 }
 
+/// One page of guest RAM: a memfd of one page, sealed at that size so no
+/// holder (the guest itself, a backend) can shrink it under the others'
+/// mappings, and sealed against further seals (say, `F_SEAL_WRITE`).
 fn new_page() -> Result<OwnedFd, Refusal> {
-    let fd = rustix::fs::memfd_create("xen-page", rustix::fs::MemfdFlags::CLOEXEC)
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create("xen-page", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
         .map_err(|e| Refusal(format!("memfd_create: {e}")))?;
     rustix::fs::ftruncate(&fd, PAGE_SIZE as u64).map_err(|e| Refusal(format!("ftruncate: {e}")))?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .map_err(|e| Refusal(format!("sealing a page: {e}")))?;
     Ok(fd)
 }
 
@@ -735,6 +795,65 @@ mod tests {
             .is_err());
         assert!(hv.destroy_domain(DomId::DOM0).is_err());
         assert!(!hv.list().iter().any(|i| i.domid == d));
+    }
+
+    #[test]
+    fn a_page_cannot_be_resized_or_resealed_by_whoever_holds_it() {
+        use rustix::fs::SealFlags;
+        let (hv, d, si) = hv_with_guest();
+        let page = hv.own_page(d, si.console_gfn).unwrap();
+        // A guest truncating its ring page would SIGBUS the backend that
+        // maps it on its next access.
+        assert!(rustix::fs::ftruncate(&*page, 0).is_err());
+        assert!(rustix::fs::ftruncate(&*page, 2 * PAGE_SIZE as u64).is_err());
+        assert!(rustix::fs::fcntl_add_seals(&*page, SealFlags::WRITE).is_err());
+        assert_eq!(rustix::fs::fstat(&*page).unwrap().st_size, PAGE_SIZE as i64);
+    }
+
+    #[test]
+    fn a_guest_runs_out_of_ports_before_the_emulator_runs_out_of_fds() {
+        let (mut hv, d, _) = hv_with_guest();
+        assert_eq!(hv.domains[&d].max_ports, MAX_GUEST_PORTS);
+        assert_eq!(hv.domains[&DomId::DOM0].max_ports, MAX_DOM0_PORTS);
+        // A small limit keeps the test's own fd use small; the console
+        // port counts.
+        hv.domains.get_mut(&d).unwrap().max_ports = 3;
+        hv.alloc_unbound(d, Some(7), d, DomId::DOM0).unwrap();
+        let p = hv.alloc_unbound(d, Some(7), d, DomId::DOM0).unwrap();
+        let err = hv.alloc_unbound(d, Some(7), d, DomId::DOM0).unwrap_err();
+        assert!(err.0.contains("limit"), "{err}");
+        let by_toolstack = hv.alloc_unbound(DomId::DOM0, None, d, DomId::DOM0);
+        assert!(by_toolstack.is_err());
+        // Binding counts too: dom0 offers a port, the full guest cannot bind.
+        let offer = hv
+            .alloc_unbound(DomId::DOM0, Some(1), DomId::DOM0, d)
+            .unwrap();
+        assert!(hv.bind_interdomain(d, 7, DomId::DOM0, offer.port).is_err());
+        // Closing one makes room again.
+        hv.close_port(d, 7, p.port).unwrap();
+        hv.bind_interdomain(d, 7, DomId::DOM0, offer.port).unwrap();
+    }
+
+    #[test]
+    fn a_grant_table_is_bounded() {
+        let (mut hv, d, _) = hv_with_guest();
+        for _ in 1..MAX_GRANTS {
+            hv.grant_access(d, DomId::DOM0, Gfn(0), true).unwrap();
+        }
+        let err = hv.grant_access(d, DomId::DOM0, Gfn(0), true).unwrap_err();
+        assert!(err.0.contains("grant table full"), "{err}");
+    }
+
+    #[test]
+    fn only_the_connection_holding_a_port_closes_it() {
+        let (mut hv, d, si) = hv_with_guest();
+        let p = hv.alloc_unbound(d, Some(7), d, DomId::DOM0).unwrap();
+        let err = hv.close_port(d, 8, p.port).unwrap_err();
+        assert!(err.0.contains("not bound here"), "{err}");
+        // Nor the toolstack's console port before a process adopts it.
+        assert!(hv.close_port(d, 8, si.console_port).is_err());
+        hv.close_port(d, 7, p.port).unwrap();
+        assert!(hv.port_status(d, p.port).is_err());
     }
 
     #[test]

@@ -347,7 +347,7 @@ fn handle(
         }
         "close" => shared
             .hv()
-            .close_port(caller, EvtchnPort(arg(&w, 1)?))
+            .close_port(caller, conn, EvtchnPort(arg(&w, 1)?))
             .map(|()| Reply::text(""))
             .map_err(refusal),
         "status" => match shared
