@@ -18,6 +18,9 @@ use std::os::fd::AsFd;
 
 pub use error::{Error, Result};
 pub use mapping::{AccessError, MappedPages};
+/// The former name of [`AccessError`], from when a bounds check was the
+/// only refusal; kept so code written against it still builds.
+pub type OutOfBounds = AccessError;
 pub use types::{DomId, EvtchnPort, Gfn, GrantRef, PAGE_SIZE};
 
 /// One event-channel handle, like one open of `/dev/xen/evtchn`: it binds
