@@ -524,3 +524,51 @@ fn one_handle_reports_each_of_several_ports_that_fired() {
     evt.pending(&mut again).unwrap();
     assert_eq!(again, vec![lb]);
 }
+
+#[test]
+fn dropping_the_emulator_cuts_off_dom0_connections_too() {
+    let Setup { _dir, emu } = setup();
+    let dom0 = EmuPlatform::connect(emu.paths().xen()).unwrap();
+    dom0.toolstack("list").unwrap();
+    drop(emu);
+    // Its thread (and the XenStore server it keeps alive) used to go on
+    // serving this connection after the emulator was dropped.
+    let err = dom0.toolstack("list").unwrap_err();
+    assert!(matches!(err, platform::Error::Emulator { .. }), "{err}");
+}
+
+#[test]
+fn a_guest_cannot_open_connections_without_bound() {
+    use platform::emu::server::MAX_GUEST_CONNECTIONS;
+    let s = setup();
+    let d = s.emu.create_domain("g", 1).unwrap();
+    let path = s.paths().xen_domain(d);
+    let mut held: Vec<EmuGuest> = (0..MAX_GUEST_CONNECTIONS)
+        .map(|_| EmuGuest::connect(&path).unwrap())
+        .collect();
+    let err = EmuGuest::connect(&path)
+        .err()
+        .expect("one connection too many");
+    assert!(matches!(err, platform::Error::Emulator { .. }), "{err}");
+    // Closing one makes room (the emulator notices asynchronously).
+    held.pop();
+    let again = (0..100).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        EmuGuest::connect(&path).ok()
+    });
+    assert!(again.is_some(), "no room after a connection closed");
+    // Other domains and dom0 are unaffected.
+    let other = s.emu.create_domain("h", 1).unwrap();
+    EmuGuest::connect(s.paths().xen_domain(other)).unwrap();
+    EmuPlatform::connect(s.paths().xen()).unwrap();
+}
+
+#[test]
+fn a_malformed_toolstack_request_is_refused_and_the_connection_lives_on() {
+    let s = setup();
+    let dom0 = EmuPlatform::connect(s.paths().xen()).unwrap();
+    // `add_console` with no arguments used to panic the connection's thread.
+    let err = dom0.toolstack("add_console").unwrap_err();
+    assert!(matches!(err, platform::Error::Refused { .. }), "{err}");
+    dom0.toolstack("list").unwrap();
+}

@@ -10,7 +10,12 @@
 //! A process that connects to a domain's socket acts as that domain, so the
 //! directory's permissions are the trust boundary, as `/dev/xen` is on a
 //! real host. One thread serves each connection; when it closes (the
-//! process exited or died) its ports close and its mappings are released.
+//! process exited or died, or its thread panicked) its ports close and its
+//! mappings are released. A guest may hold at most
+//! [`MAX_GUEST_CONNECTIONS`] connections at once; further ones are closed
+//! on accept. Every connection, dom0's included, is tracked so that
+//! destroying a domain, or dropping the [`Emulator`], cuts it off and its
+//! thread ends.
 
 use std::collections::HashMap;
 use std::io;
@@ -25,6 +30,10 @@ use super::hypervisor::{ConnId, Hypervisor, PortFds, PortState, Refusal};
 use super::proto;
 use super::toolstack::{self, ConsoleSpec};
 use crate::types::{DomId, EvtchnPort, Gfn, GrantRef};
+
+/// Connections (hence serving threads) one guest domain may hold at once:
+/// one per event-channel handle, plus its platform handle.
+pub const MAX_GUEST_CONNECTIONS: usize = 64;
 
 /// Paths of a running emulator.
 #[derive(Debug, Clone)]
@@ -80,7 +89,8 @@ impl Shared {
     }
 }
 
-/// A running emulated Xen. Dropping it stops serving new connections.
+/// A running emulated Xen. Dropping it closes every listener and every
+/// connection, so all its threads end.
 pub struct Emulator {
     shared: Arc<Shared>,
     dom0_listener: Arc<OwnedFd>,
@@ -106,6 +116,13 @@ impl Emulator {
             domain_socks: Mutex::new(HashMap::new()),
         });
         let dom0_listener = Arc::new(proto::listen(&paths.xen())?);
+        shared.socks().insert(
+            DomId::DOM0,
+            DomainSockets {
+                listener: Some(dom0_listener.clone()),
+                conns: HashMap::new(),
+            },
+        );
         spawn_acceptor(shared.clone(), dom0_listener.clone(), DomId::DOM0)?;
         tracing::info!(dir = %paths.dir.display(), "emulated Xen running");
         Ok(Emulator {
@@ -174,7 +191,10 @@ fn create_domain(shared: &Arc<Shared>, name: &str, pages: usize) -> Result<DomId
         let _ = destroy_domain(shared, domid);
         return Err(e.to_string());
     }
-    spawn_acceptor(shared.clone(), listener, domid).map_err(|e| e.to_string())?;
+    if let Err(e) = spawn_acceptor(shared.clone(), listener, domid) {
+        let _ = destroy_domain(shared, domid);
+        return Err(e.to_string());
+    }
     if let Err(e) = toolstack::build_domain(&shared.store, domid, name, info) {
         let _ = destroy_domain(shared, domid);
         return Err(e.to_string());
@@ -199,26 +219,7 @@ fn spawn_acceptor(shared: Arc<Shared>, listener: Arc<OwnedFd>, domid: DomId) -> 
         .name(format!("xen-accept-{domid}"))
         .spawn(move || loop {
             match proto::accept(listener.as_fd()) {
-                Ok(sock) => {
-                    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-                    let sock = Arc::new(sock);
-                    if domid != DomId::DOM0 {
-                        shared
-                            .socks()
-                            .entry(domid)
-                            .or_default()
-                            .conns
-                            .insert(conn, sock.clone());
-                    }
-                    let s = shared.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("xen-d{domid}-c{conn}"))
-                        .stack_size(128 * 1024)
-                        .spawn(move || serve_connection(&s, domid, conn, &sock));
-                    if let Err(e) = spawned {
-                        tracing::warn!(error = %e, "could not serve a connection");
-                    }
-                }
+                Ok(sock) => admit(&shared, domid, sock),
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INTR.raw_os_error()) => {
                     continue
                 }
@@ -228,8 +229,67 @@ fn spawn_acceptor(shared: Arc<Shared>, listener: Arc<OwnedFd>, domid: DomId) -> 
     Ok(())
 }
 
+/// Registers a new connection of `domid` and starts its thread; closes it
+/// instead if the domain is gone (destroyed while this connection waited
+/// to be accepted: it must not outlive the cut-off) or already holds as
+/// many connections as a guest may.
+fn admit(shared: &Arc<Shared>, domid: DomId, sock: OwnedFd) {
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let sock = Arc::new(sock);
+    {
+        let mut socks = shared.socks();
+        let Some(entry) = socks.get_mut(&domid) else {
+            tracing::info!(domid = %domid, "connection for a domain that is gone closed");
+            return;
+        };
+        if domid != DomId::DOM0 && entry.conns.len() >= MAX_GUEST_CONNECTIONS {
+            tracing::warn!(
+                domid = %domid,
+                limit = MAX_GUEST_CONNECTIONS,
+                "refused a connection: domain holds too many"
+            );
+            return;
+        }
+        entry.conns.insert(conn, sock.clone());
+    }
+    let s = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("xen-d{domid}-c{conn}"))
+        .stack_size(128 * 1024)
+        .spawn(move || serve_connection(&s, domid, conn, &sock));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not serve a connection");
+        if let Some(entry) = shared.socks().get_mut(&domid) {
+            entry.conns.remove(&conn);
+        }
+    }
+}
+
+/// Releases what a connection held when its thread ends, even by a panic.
+struct ConnectionCleanup<'a> {
+    shared: &'a Shared,
+    domid: DomId,
+    conn: ConnId,
+}
+
+impl Drop for ConnectionCleanup<'_> {
+    fn drop(&mut self) {
+        let (domid, conn) = (self.domid, self.conn);
+        self.shared.hv().connection_closed(domid, conn);
+        if let Some(s) = self.shared.socks().get_mut(&domid) {
+            s.conns.remove(&conn);
+        }
+        tracing::debug!(domid = %domid, conn, "hypervisor connection closed");
+    }
+}
+
 fn serve_connection(shared: &Arc<Shared>, domid: DomId, conn: ConnId, sock: &OwnedFd) {
     tracing::debug!(domid = %domid, conn, "hypervisor connection opened");
+    let _cleanup = ConnectionCleanup {
+        shared,
+        domid,
+        conn,
+    };
     while let Ok(Some(req)) = proto::recv(sock.as_fd()) {
         let reply = handle(shared, domid, conn, &req);
         let sent = match reply {
@@ -246,11 +306,6 @@ fn serve_connection(shared: &Arc<Shared>, domid: DomId, conn: ConnId, sock: &Own
             break;
         }
     }
-    shared.hv().connection_closed(domid, conn);
-    if let Some(s) = shared.socks().get_mut(&domid) {
-        s.conns.remove(&conn);
-    }
-    tracing::debug!(domid = %domid, conn, "hypervisor connection closed");
 }
 
 struct Reply {
@@ -415,7 +470,7 @@ fn handle(
         }
         "destroy" => destroy_domain(shared, DomId(arg(&w, 1)?)).map(|()| Reply::text("")),
         "add_console" => {
-            let spec = ConsoleSpec::from_words(&w[2..])?;
+            let spec = ConsoleSpec::from_words(w.get(2..).unwrap_or_default())?;
             toolstack::add_console(&shared.store, DomId(arg(&w, 1)?), &spec)
                 .map(|()| Reply::text(""))
                 .map_err(|e| e.to_string())
@@ -439,5 +494,26 @@ pub fn socket_for(dir: &Path, domid: DomId) -> PathBuf {
         p.xen()
     } else {
         p.xen_domain(domid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_accepted_after_its_domain_was_destroyed_is_closed_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let emu = Emulator::start(dir.path().join("run")).unwrap();
+        let d = emu.create_domain("g", 1).unwrap();
+        emu.destroy_domain(d).unwrap();
+        // The acceptor had this connection in hand when the domain went:
+        // it used to re-create the domain's entry and serve it as `d`,
+        // beyond the reach of the cut-off (and as a later domain `d`).
+        let (ours, theirs) = proto::pair().unwrap();
+        admit(&emu.shared, d, theirs);
+        assert!(!emu.shared.socks().contains_key(&d));
+        proto::send(ours.as_fd(), "whoami", &[]).ok();
+        assert!(proto::recv(ours.as_fd()).unwrap().is_none());
     }
 }
