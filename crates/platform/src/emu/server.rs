@@ -501,8 +501,55 @@ pub fn socket_for(dir: &Path, domid: DomId) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// Emulators of this module's tests name their threads alike: one at a time.
+    static ONE_EMULATOR: Mutex<()> = Mutex::new(());
+
+    /// Names of this process's threads that start with `prefix`.
+    fn threads(prefix: &str) -> Vec<String> {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_owned())
+            .filter(|c| c.starts_with(prefix))
+            .collect()
+    }
+
+    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{what}");
+    }
+
+    #[test]
+    fn destroying_a_domain_and_dropping_the_emulator_end_every_thread() {
+        let _one = ONE_EMULATOR.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let emu = Emulator::start(dir.path().join("run")).unwrap();
+        let d = emu.create_domain("g", 1).unwrap();
+        let guest = crate::emu::EmuGuest::connect(emu.paths().xen_domain(d)).unwrap();
+        let dom0 = crate::emu::EmuPlatform::connect(emu.paths().xen()).unwrap();
+        let (accept_d, conn_d) = (format!("xen-accept-{d}"), format!("xen-d{d}-"));
+        assert_eq!(threads(&accept_d).len(), 1);
+        assert_eq!(threads(&conn_d).len(), 1);
+        emu.destroy_domain(d).unwrap();
+        eventually("domain threads still running", || {
+            threads(&accept_d).is_empty() && threads(&conn_d).is_empty()
+        });
+        assert_eq!(threads("xen-d0-").len(), 1);
+        drop(emu);
+        eventually("dom0 threads still running", || {
+            threads("xen-accept-0").is_empty() && threads("xen-d0-").is_empty()
+        });
+        drop((guest, dom0));
+    }
+
     #[test]
     fn a_connection_accepted_after_its_domain_was_destroyed_is_closed_not_served() {
+        let _one = ONE_EMULATOR.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let emu = Emulator::start(dir.path().join("run")).unwrap();
         let d = emu.create_domain("g", 1).unwrap();
@@ -515,5 +562,9 @@ mod tests {
         assert!(!emu.shared.socks().contains_key(&d));
         proto::send(ours.as_fd(), "whoami", &[]).ok();
         assert!(proto::recv(ours.as_fd()).unwrap().is_none());
+        drop(emu);
+        eventually("threads of the emulator still running", || {
+            threads("xen-").is_empty()
+        });
     }
 }
