@@ -1,6 +1,7 @@
 //! `xen-console`: the Xen PV console backend and its tools.
 
 mod cmd;
+mod util;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,8 @@ enum Command {
     Xenstored(cmd::xenstored::Args),
     /// Run the emulated Xen (hypervisor and XenStore) in the foreground.
     Emu(cmd::emu::Args),
+    /// Run a simulated guest (hvc_xen-like consoles) on the emulated Xen.
+    Guest(cmd::guest::Args),
     /// Show a part of the project working on this machine.
     Demo(cmd::demo::Args),
     /// Measure performance against bounds taken in the same run.
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Xenstored(a) => cmd::xenstored::run(a),
         Command::Emu(a) => cmd::emu::run(a),
+        Command::Guest(a) => cmd::guest::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),
     }

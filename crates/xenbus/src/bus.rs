@@ -492,6 +492,27 @@ fn drive(store: &Client, dev: &mut Device) -> Next {
             return Next::Stay;
         }
     };
+    // The frontend closed and started over faster than we saw each step
+    // (Closing, Closed, Initialising, Initialised in a row): catch up by
+    // closing our side and waiting for it again.
+    let started_over = matches!(be_state, XenbusState::Closing | XenbusState::Closed)
+        && matches!(
+            previous,
+            Some(XenbusState::Closing) | Some(XenbusState::Closed)
+        )
+        && matches!(fe, XenbusState::Initialising | XenbusState::Initialised);
+    if started_over {
+        if dev.connected {
+            if let Some(inst) = dev.instance.as_mut() {
+                inst.disconnect(&dev.info);
+            }
+            dev.connected = false;
+            tracing::info!(device = %dev.key(), "xen_device_disconnect");
+        }
+        tracing::info!(device = %dev.key(), "xen_device_reinit: frontend starts over");
+        dev.failure = None;
+        return set_state_or_fail(store, dev, XenbusState::InitWait);
+    }
     match fe {
         XenbusState::Initialised | XenbusState::Connected => {
             if be_state == XenbusState::InitWait {

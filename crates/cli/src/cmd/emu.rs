@@ -18,6 +18,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::util::raise_fd_limit().context("raising the open-file limit")?;
     let emu = Emulator::start(&args.dir)
         .with_context(|| format!("starting the emulator in {}", args.dir.display()))?;
     for i in 1..=args.domains {

@@ -7,6 +7,8 @@ mod xenstore;
 use std::io;
 use std::time::Duration;
 
+use crate::util::raise_fd_limit;
+
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -73,16 +75,6 @@ fn unpin() -> io::Result<()> {
         set.set(cpu);
     }
     rustix::thread::sched_setaffinity(None, &set)?;
-    Ok(())
-}
-
-fn raise_fd_limit() -> io::Result<()> {
-    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let new = rustix::process::Rlimit {
-        current: lim.maximum,
-        maximum: lim.maximum,
-    };
-    rustix::process::setrlimit(rustix::process::Resource::Nofile, new)?;
     Ok(())
 }
 

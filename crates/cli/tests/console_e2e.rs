@@ -1,0 +1,466 @@
+//! The console backend end to end on the emulated Xen: this test process
+//! runs the emulator and the backend; each guest is a separate
+//! `xen-console guest` process whose consoles behave like Linux hvc_xen.
+//! Rings are really shared between the processes, sinks are real files,
+//! ptys and sockets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use console::backend::{BackendHandle, ConsoleBackend};
+use console::device::ConsoleOptions;
+use console::output_buffer::Overflow;
+use console::sink::SinkSpec;
+use platform::emu::{ConsoleSpec, EmuPlatform, Emulator};
+use platform::DomId;
+use xenstore::client::{Client, XenStore};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct World {
+    dir: tempfile::TempDir,
+    emu: Emulator,
+    backend: BackendHandle,
+    store: Client,
+}
+
+fn world(opts: ConsoleOptions) -> World {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::start(dir.path().join("run")).unwrap();
+    let store = Client::connect_unix(emu.paths().xenstored()).unwrap();
+    let plat = Arc::new(EmuPlatform::connect(emu.paths().xen()).unwrap());
+    let backend_store = Client::connect_unix(emu.paths().xenstored()).unwrap();
+    let backend = ConsoleBackend::spawn(backend_store, plat, opts).unwrap();
+    World {
+        dir,
+        emu,
+        backend,
+        store,
+    }
+}
+
+impl World {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn guest(&self, d: DomId) -> Guest {
+        Guest::spawn(
+            &self.emu.paths().xen_domain(d),
+            &self.emu.paths().xenstore_domain(d),
+        )
+    }
+
+    fn read(&self, path: &str) -> Option<String> {
+        self.store
+            .read(path)
+            .ok()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+}
+
+struct Guest {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Guest {
+    fn spawn(xen: &Path, xenstore: &Path) -> Guest {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xen-console"))
+            .arg("guest")
+            .arg("--xen")
+            .arg(xen)
+            .arg("--xenstore")
+            .arg(xenstore)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start guest");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(l) = line.strip_prefix('@') {
+                    if tx.send(l.to_owned()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut g = Guest {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        g.wait_for(|l| l.starts_with("ready"), "ready");
+        g
+    }
+
+    fn next(&mut self, what: &str) -> String {
+        let l = self.lines.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!(
+                "guest said nothing while waiting for {what}; saw {:?}",
+                self.seen
+            )
+        });
+        self.seen.push(l.clone());
+        l
+    }
+
+    fn wait_for(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        loop {
+            let l = self.next(what);
+            if pred(&l) {
+                return l;
+            }
+        }
+    }
+
+    fn cmd(&mut self, text: &str) -> String {
+        writeln!(self.stdin, "{text}").unwrap();
+        let start = self.seen.len();
+        loop {
+            let l = self.next(text);
+            if let Some(rest) = l.strip_prefix("ok") {
+                let _ = start;
+                return rest.trim().to_owned();
+            }
+            if l.starts_with("err") {
+                panic!("guest refused {text:?}: {l}");
+            }
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn file_has(path: &Path, want: &[u8]) -> bool {
+    std::fs::read(path).map(|b| b == want).unwrap_or(false)
+}
+
+fn opts(default_sink: SinkSpec) -> ConsoleOptions {
+    ConsoleOptions {
+        default_sink,
+        ..ConsoleOptions::default()
+    }
+}
+
+#[test]
+fn primary_console_output_reaches_a_log_file_and_the_ring_is_marked_connected() {
+    let w = world(opts(SinkSpec::Null));
+    let d = w.emu.create_domain("g1", 8).unwrap();
+    let mut g = w.guest(d);
+    assert_eq!(
+        g.cmd("connected 0"),
+        "0",
+        "the builder marks the console disconnected"
+    );
+    // Output written before the backend connects is held, not lost.
+    g.cmd("print 0 early line");
+    let log = w.path("g1.log");
+    w.backend
+        .serve_primary(d, Some(SinkSpec::File(log.clone())))
+        .unwrap();
+    eventually("connection byte cleared", || g.cmd("connected 0") == "1");
+    g.cmd("print 0 hello from the guest");
+    eventually("log file", || {
+        file_has(&log, b"early line\nhello from the guest\n")
+    });
+}
+
+#[test]
+fn binary_output_that_wraps_the_ring_many_times_arrives_byte_exact() {
+    let w = world(opts(SinkSpec::Null));
+    let d = w.emu.create_domain("bin", 8).unwrap();
+    let log = w.path("bin.log");
+    w.backend
+        .serve_primary(d, Some(SinkSpec::File(log.clone())))
+        .unwrap();
+    let mut g = w.guest(d);
+    eventually("connected", || g.cmd("connected 0") == "1");
+    // 1 MiB of every byte value: 512 trips round the 2 KiB ring.
+    let mut data = Vec::with_capacity(1 << 20);
+    let mut x: u32 = 12345;
+    for _ in 0..(1 << 20) {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        data.push(x.to_be_bytes()[1]);
+    }
+    let src = w.path("payload.bin");
+    std::fs::write(&src, &data).unwrap();
+    g.cmd(&format!("write-file 0 {}", src.display()));
+    eventually("all bytes in the log", || {
+        std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) >= data.len() as u64
+    });
+    assert_eq!(std::fs::read(&log).unwrap(), data);
+    let info = w.backend.list().unwrap();
+    let c = info.iter().find(|i| i.id.domid == d).unwrap();
+    assert_eq!(c.counters.bytes_out, data.len() as u64);
+    assert_eq!(c.counters.dropped, 0);
+}
+
+fn open_tty(path: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open tty")
+}
+
+#[test]
+fn keystrokes_typed_into_the_pty_reach_the_guest_and_its_echo_comes_back() {
+    let w = world(opts(SinkSpec::Pty));
+    let d = w.emu.create_domain("tty", 8).unwrap();
+    w.backend.serve_primary(d, None).unwrap();
+    let tty_node = format!("/local/domain/{d}/console/tty");
+    eventually("tty published", || {
+        w.read(&tty_node)
+            .is_some_and(|t| t.starts_with("/dev/pts/"))
+    });
+    let tty = w.read(&tty_node).unwrap();
+    let mut g = w.guest(d);
+    eventually("connected", || g.cmd("connected 0") == "1");
+    let mut pty = open_tty(&tty);
+    pty.write_all(b"ls -l\r").unwrap();
+    let line = g.wait_for(|l| l.starts_with("in 0 "), "input");
+    assert_eq!(line, format!("in 0 {}", hex(b"ls -l\r")));
+    // The guest echoes; the bytes come back unchanged (raw pty).
+    let mut back = [0u8; 6];
+    pty.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ls -l\r");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn toolstack_secondary_consoles_follow_the_hvc_xen_handshake_and_honour_a_read_only_output() {
+    let w = world(opts(SinkSpec::Null));
+    let d = w.emu.create_domain("multi", 8).unwrap();
+    let mut g = w.guest(d);
+    let (log1, log2) = (w.path("c1.log"), w.path("c2.log"));
+    for (devid, log) in [(1, &log1), (2, &log2)] {
+        let spec = ConsoleSpec {
+            devid,
+            kind: "xenconsoled".into(),
+            output: Some(format!("file:{}", log.display())),
+            name: None,
+        };
+        w.emu.add_console(d, &spec).unwrap();
+        g.wait_for(
+            |l| *l == format!("connected {devid}"),
+            "secondary connected",
+        );
+    }
+    assert_eq!(
+        w.read(&format!("/local/domain/0/backend/console/{d}/1/state"))
+            .as_deref(),
+        Some("4")
+    );
+    assert_eq!(
+        w.read(&format!("/local/domain/{d}/device/console/2/state"))
+            .as_deref(),
+        Some("4")
+    );
+    g.cmd("print 1 to the first");
+    g.cmd("print 2 to the second");
+    eventually("both logs", || {
+        file_has(&log1, b"to the first\n") && file_has(&log2, b"to the second\n")
+    });
+}
+
+#[test]
+fn a_guest_writable_output_node_is_refused() {
+    let default_log = tempfile::NamedTempFile::new().unwrap();
+    let w = world(opts(SinkSpec::File(default_log.path().to_path_buf())));
+    let d = w.emu.create_domain("sneaky", 8).unwrap();
+    let evil = w.path("evil-target");
+    // A toolstack that left `output` writable by the guest.
+    let fe = format!("/local/domain/{d}/device/console/3");
+    w.store
+        .write(
+            &format!("{fe}/output"),
+            format!("file:{}", evil.display()).as_bytes(),
+        )
+        .unwrap();
+    let guest_owned = xenstore::Perms::new(vec![
+        xenstore::Perm::new(xenstore::Access::None, d.0),
+        xenstore::Perm::new(xenstore::Access::Read, 0),
+    ])
+    .unwrap();
+    w.store.set_perms(&fe, &guest_owned).unwrap();
+    w.store
+        .set_perms(&format!("{fe}/output"), &guest_owned)
+        .unwrap();
+    let mut g = w.guest(d);
+    let spec = ConsoleSpec {
+        devid: 3,
+        kind: "xenconsoled".into(),
+        output: None,
+        name: None,
+    };
+    w.emu.add_console(d, &spec).unwrap();
+    g.wait_for(|l| l == "connected 3", "connected");
+    g.cmd("print 3 where does this go");
+    eventually("default sink", || {
+        file_has(default_log.path(), b"where does this go\n")
+    });
+    assert!(!evil.exists(), "a guest-chosen output was opened");
+}
+
+#[test]
+fn hot_plug_and_unplug_while_the_guest_runs() {
+    let w = world(opts(SinkSpec::Null));
+    let d = w.emu.create_domain("hp", 8).unwrap();
+    let mut g = w.guest(d);
+    let log = w.path("hp.log");
+    let devid = w
+        .backend
+        .plug(d, None, SinkSpec::File(log.clone()))
+        .unwrap();
+    assert_eq!(devid, 1);
+    let be = format!("/local/domain/0/backend/console/{d}/{devid}");
+    let fe = format!("/local/domain/{d}/device/console/{devid}");
+    assert_eq!(
+        w.read(&format!("{be}/frontend")).as_deref(),
+        Some(fe.as_str())
+    );
+    assert_eq!(
+        w.read(&format!("{fe}/backend")).as_deref(),
+        Some(be.as_str())
+    );
+    // The guest cannot change where its console goes.
+    let gstore = Client::connect_unix(w.emu.paths().xenstore_domain(d)).unwrap();
+    let err = gstore
+        .write(&format!("{fe}/output"), b"file:/etc/passwd")
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(xenstore::XsErrno::Acces));
+    g.wait_for(|l| *l == format!("connected {devid}"), "connected");
+    g.cmd(&format!("print {devid} hot-plugged"));
+    eventually("log", || file_has(&log, b"hot-plugged\n"));
+    w.backend.unplug(d, devid).unwrap();
+    g.wait_for(|l| *l == format!("closed {devid}"), "closed");
+    eventually("nodes removed", || {
+        w.read(&be).is_none() && w.read(&fe).is_none()
+    });
+    assert!(w
+        .backend
+        .list()
+        .unwrap()
+        .iter()
+        .all(|c| c.id.devid != devid));
+}
+
+#[test]
+fn a_frontend_that_closes_and_reconnects_is_served_again() {
+    let w = world(opts(SinkSpec::Null));
+    let d = w.emu.create_domain("rc", 8).unwrap();
+    let mut g = w.guest(d);
+    let log = w.path("rc.log");
+    let devid = w
+        .backend
+        .plug(d, Some(4), SinkSpec::File(log.clone()))
+        .unwrap();
+    g.wait_for(|l| *l == format!("connected {devid}"), "connected");
+    g.cmd(&format!("print {devid} before"));
+    eventually("before", || file_has(&log, b"before\n"));
+    g.seen.clear();
+    g.cmd(&format!("reconnect {devid}"));
+    g.wait_for(|l| *l == format!("connected {devid}"), "reconnected");
+    g.cmd(&format!("print {devid} after"));
+    eventually("after", || file_has(&log, b"before\nafter\n"));
+}
+
+#[test]
+fn with_keep_a_sink_stalled_for_seconds_loses_nothing() {
+    let mut o = opts(SinkSpec::Null);
+    o.overflow = Overflow::Keep;
+    let w = world(o);
+    let d = w.emu.create_domain("keep", 8).unwrap();
+    let sock = w.path("keep.sock");
+    w.backend
+        .serve_primary(d, Some(SinkSpec::Unix(sock.clone())))
+        .unwrap();
+    let mut g = w.guest(d);
+    eventually("connected", || g.cmd("connected 0") == "1");
+    // 3 MiB against a 1 MiB limit, and nobody reading yet.
+    let total = 3 << 20;
+    g.cmd(&format!("flood 0 {total}"));
+    std::thread::sleep(Duration::from_secs(2));
+    let held: usize = g.cmd("pending 0").parse().unwrap();
+    assert!(held > 0, "the guest should be waiting for the backend");
+    let mut client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut got = vec![0u8; total];
+    client.read_exact(&mut got).unwrap();
+    let want: Vec<u8> = (0..total)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz"[i % 26])
+        .collect();
+    assert!(got == want, "stream differs");
+    let c = w
+        .backend
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id.domid == d)
+        .unwrap();
+    assert_eq!(c.counters.dropped, 0);
+}
+
+#[test]
+fn hostile_indices_are_contained_while_a_neighbour_keeps_working() {
+    let w = world(opts(SinkSpec::Null));
+    let bad = w.emu.create_domain("bad", 8).unwrap();
+    let good = w.emu.create_domain("good", 8).unwrap();
+    let (bad_log, good_log) = (w.path("bad.log"), w.path("good.log"));
+    w.backend
+        .serve_primary(bad, Some(SinkSpec::File(bad_log.clone())))
+        .unwrap();
+    w.backend
+        .serve_primary(good, Some(SinkSpec::File(good_log.clone())))
+        .unwrap();
+    let mut gb = w.guest(bad);
+    let mut gg = w.guest(good);
+    eventually("connected", || {
+        gb.cmd("connected 0") == "1" && gg.cmd("connected 0") == "1"
+    });
+    gb.cmd("bad-indices 0");
+    gg.cmd("print 0 still fine");
+    eventually("neighbour output", || file_has(&good_log, b"still fine\n"));
+    let list = w.backend.list().unwrap();
+    let b = list.iter().find(|c| c.id.domid == bad).unwrap();
+    assert!(b.counters.bad_index_events > 0);
+    assert_eq!(
+        std::fs::read(&bad_log).map(|v| v.len()).unwrap_or(0),
+        0,
+        "nothing read from a corrupt ring"
+    );
+}

@@ -1,0 +1,456 @@
+//! The console as a XenBus device ([`ConsoleType`], [`ConsoleDevice`]) and
+//! the primary console, which has no XenBus handshake ([`connect_primary`]).
+//!
+//! Rules taken from Xen and from what went wrong before:
+//! * A console is served only if its `type` is one we are configured for
+//!   (`xenconsoled`, `ioemu`, ...).
+//! * Where the output goes is the operator's choice. A frontend `output`
+//!   node is honoured only when the guest cannot write it (XSA-57).
+//! * `ring-ref` and `port` are parsed strictly; a secondary console's
+//!   `ring-ref` is a grant reference and may not name the reserved refs 0
+//!   (console) or 1 (xenstore).
+//! * `tty` is written by us; if we create it, it is created read-only to
+//!   the guest in the same transaction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use platform::{DomId, EvtchnPort, Gfn, GrantRef, Platform};
+use xenbus::{BackendDevice, BackendType, DeviceError, DeviceInfo};
+use xenstore::client::{Client, XenStore};
+use xenstore::{Access, Perm, Perms};
+
+use crate::io::{ConsoleId, ConsoleIo};
+use crate::metrics::ConsoleCounters;
+use crate::output_buffer::{OutputBuffer, Overflow};
+use crate::ring::ConsoleRing;
+use crate::sink::{self, Sink, SinkSpec};
+
+/// libxl's default `limit`, used when a console has none.
+pub const DEFAULT_LIMIT: usize = 1 << 20;
+
+/// How consoles are served.
+#[derive(Debug, Clone)]
+pub struct ConsoleOptions {
+    /// The sink for a console the operator named no sink for.
+    pub default_sink: SinkSpec,
+    pub overflow: Overflow,
+    /// `type` values we serve; a console with another `type` is left alone.
+    pub serve_types: Vec<String>,
+}
+
+impl Default for ConsoleOptions {
+    fn default() -> Self {
+        ConsoleOptions {
+            default_sink: SinkSpec::Pty,
+            overflow: Overflow::Discard,
+            serve_types: vec!["xenconsoled".into(), "ioemu".into()],
+        }
+    }
+}
+
+/// Work for the loop that owns the reactor, queued by device callbacks.
+pub enum Action {
+    Serve(ConsoleIo),
+    Stop(ConsoleId),
+}
+
+/// State shared by the device callbacks and the loop.
+#[derive(Default)]
+pub struct Shared {
+    pub actions: Vec<Action>,
+    /// Sinks kept while a console is disconnected, so a reconnecting
+    /// frontend finds the same pty and the log keeps its place.
+    pub parked: HashMap<ConsoleId, Box<dyn Sink>>,
+    /// Sinks the operator chose for consoles (by hot-plug or config).
+    pub assigned: HashMap<ConsoleId, SinkSpec>,
+    /// The sink for a hot-plug under way: the bus realizes the device
+    /// inside `plug`, before its index is known to the caller.
+    pub plugging: Option<(DomId, SinkSpec)>,
+    pub counters: HashMap<ConsoleId, Arc<ConsoleCounters>>,
+}
+
+pub type SharedRef = Arc<Mutex<Shared>>;
+
+pub fn lock(s: &SharedRef) -> MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fail(what: impl Into<String>) -> DeviceError {
+    DeviceError::Failed {
+        op: "console",
+        source: what.into().into(),
+    }
+}
+
+fn read_opt(store: &Client, path: &str) -> Result<Option<String>, DeviceError> {
+    match store.read(path) {
+        Ok(v) => String::from_utf8(v)
+            .map(Some)
+            .map_err(|_| fail(format!("{path} is not text"))),
+        Err(e) if e.errno() == Some(xenstore::XsErrno::NoEnt) => Ok(None),
+        Err(e) => Err(fail(format!("reading {path}: {e}"))),
+    }
+}
+
+/// Strict decimal, as the toolstack and Linux write these numbers.
+fn parse_strict<T: std::str::FromStr>(path: &str, s: &str) -> Result<T, DeviceError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
+        return Err(fail(format!("{path} = {s:?} is not a decimal number")));
+    }
+    s.parse()
+        .map_err(|_| fail(format!("{path} = {s:?} is out of range")))
+}
+
+/// True if domain `fe` could have written `path` (so we must not trust it).
+fn guest_writable(store: &Client, path: &str, fe: DomId) -> bool {
+    match store.get_perms(path) {
+        Ok(p) => p.access_for(fe.0, None).can_write(),
+        Err(_) => true,
+    }
+}
+
+/// Checks `type`: `Ok(false)` if another daemon serves this console.
+fn type_served(store: &Client, fe_path: &str, opts: &ConsoleOptions) -> Result<bool, DeviceError> {
+    match read_opt(store, &format!("{fe_path}/type"))? {
+        None => Ok(true),
+        Some(t) => Ok(opts.serve_types.contains(&t)),
+    }
+}
+
+/// The sink for a console: the operator's choice, else a toolstack
+/// `output` the guest cannot write, else the default. Reuses a parked one.
+fn take_sink(
+    shared: &SharedRef,
+    store: &Client,
+    id: ConsoleId,
+    fe_path: &str,
+    opts: &ConsoleOptions,
+) -> Result<Box<dyn Sink>, DeviceError> {
+    if let Some(s) = lock(shared).parked.remove(&id) {
+        return Ok(s);
+    }
+    let assigned = {
+        let mut s = lock(shared);
+        match s.plugging.take() {
+            Some((d, spec)) if d == id.domid && id.devid != 0 => {
+                s.assigned.insert(id, spec.clone());
+                Some(spec)
+            }
+            other => {
+                s.plugging = other;
+                s.assigned.get(&id).cloned()
+            }
+        }
+    };
+    let spec = match assigned {
+        Some(s) => s,
+        None => output_spec(store, id, fe_path)?.unwrap_or_else(|| opts.default_sink.clone()),
+    };
+    sink::open(&spec).map_err(|e| fail(format!("opening sink {spec}: {e}")))
+}
+
+fn output_spec(
+    store: &Client,
+    id: ConsoleId,
+    fe_path: &str,
+) -> Result<Option<SinkSpec>, DeviceError> {
+    let path = format!("{fe_path}/output");
+    let Some(v) = read_opt(store, &path)? else {
+        return Ok(None);
+    };
+    if guest_writable(store, &path, id.domid) {
+        tracing::warn!(console = %id, output = %v, "refusing an output node the guest can write");
+        return Ok(None);
+    }
+    match v.parse::<SinkSpec>() {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            tracing::warn!(console = %id, output = %v, error = %e, "ignoring an output the toolstack wrote that we cannot serve");
+            Ok(None)
+        }
+    }
+}
+
+/// Publishes a pty's path in `tty`, creating the node read-only to the
+/// guest if it is not there.
+fn publish_tty(
+    store: &Client,
+    id: ConsoleId,
+    fe_path: &str,
+    sink: &dyn Sink,
+) -> Result<(), DeviceError> {
+    let Some(tty) = sink.tty() else {
+        return Ok(());
+    };
+    let path = format!("{fe_path}/tty");
+    let ro = Perms::new(vec![
+        Perm::new(Access::None, 0),
+        Perm::new(Access::Read, id.domid.0),
+    ])
+    .map_err(|e| fail(e.to_string()))?;
+    store
+        .transaction(|tx| {
+            let exists = tx.exists(&path)?;
+            tx.write(&path, tty.to_string_lossy().as_bytes())?;
+            if !exists {
+                tx.set_perms(&path, &ro)?;
+            }
+            Ok::<(), xenstore::client::Error>(())
+        })
+        .map_err(|e| fail(format!("writing {path}: {e}")))
+}
+
+fn limit(store: &Client, fe_path: &str) -> Result<usize, DeviceError> {
+    let path = format!("{fe_path}/limit");
+    match read_opt(store, &path)? {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => parse_strict::<usize>(&path, &v).map(|l| l.max(1)),
+    }
+}
+
+fn counters(shared: &SharedRef, id: ConsoleId) -> Arc<ConsoleCounters> {
+    lock(shared).counters.entry(id).or_default().clone()
+}
+
+/// Everything needed to bring one ring up.
+struct Link {
+    id: ConsoleId,
+    ring: ConsoleRing,
+    port: EvtchnPort,
+    /// Primary consoles: clear the ring's `connection` byte once served,
+    /// or guests of Xen 4.21+ hold their output back.
+    mark_connected: bool,
+}
+
+fn serve(
+    shared: &SharedRef,
+    platform: &dyn Platform,
+    link: Link,
+    limit: usize,
+    sink: Box<dyn Sink>,
+    opts: &ConsoleOptions,
+) -> Result<(), DeviceError> {
+    let mut evtchn = platform
+        .event_channels()
+        .map_err(|e| fail(format!("event channels: {e}")))?;
+    let local = evtchn
+        .bind_interdomain(link.id.domid, link.port)
+        .map_err(|e| {
+            fail(format!(
+                "binding port {} of domain {}: {e}",
+                link.port, link.id.domid
+            ))
+        })?;
+    if link.mark_connected {
+        link.ring
+            .set_connected()
+            .map_err(|e| fail(format!("marking the ring connected: {e}")))?;
+    }
+    let io = ConsoleIo::new(
+        link.id,
+        link.ring,
+        evtchn,
+        local,
+        OutputBuffer::new(limit, opts.overflow),
+        sink,
+        counters(shared, link.id),
+    );
+    tracing::info!(console = %link.id, port = %link.port, limit, "xen_console_connect");
+    lock(shared).actions.push(Action::Serve(io));
+    Ok(())
+}
+
+/// The XenBus backend type `console`.
+pub struct ConsoleType {
+    pub platform: Arc<dyn Platform>,
+    pub shared: SharedRef,
+    pub opts: ConsoleOptions,
+}
+
+impl BackendType for ConsoleType {
+    fn name(&self) -> &'static str {
+        "console"
+    }
+
+    fn frontend_path(&self, fe: DomId, devid: u32) -> String {
+        if devid == 0 {
+            format!("/local/domain/{fe}/console")
+        } else {
+            format!("/local/domain/{fe}/device/console/{devid}")
+        }
+    }
+
+    fn create(
+        &mut self,
+        _store: &Client,
+        info: &DeviceInfo,
+    ) -> Result<Box<dyn BackendDevice>, DeviceError> {
+        if info.devid == 0 {
+            return Err(fail(
+                "the primary console is served without a XenBus device",
+            ));
+        }
+        tracing::info!(console = %ConsoleId { domid: info.frontend_id, devid: info.devid }, "xen_console_device_create");
+        Ok(Box::new(ConsoleDevice {
+            id: ConsoleId {
+                domid: info.frontend_id,
+                devid: info.devid,
+            },
+            platform: self.platform.clone(),
+            shared: self.shared.clone(),
+            opts: self.opts.clone(),
+            sink: None,
+            connected: false,
+        }))
+    }
+}
+
+/// A secondary console (index ≥ 1).
+pub struct ConsoleDevice {
+    id: ConsoleId,
+    platform: Arc<dyn Platform>,
+    shared: SharedRef,
+    opts: ConsoleOptions,
+    /// The sink between realize and connect.
+    sink: Option<Box<dyn Sink>>,
+    connected: bool,
+}
+
+impl BackendDevice for ConsoleDevice {
+    fn realize(&mut self, store: &Client, info: &DeviceInfo) -> Result<(), DeviceError> {
+        if !type_served(store, &info.frontend_path, &self.opts)? {
+            return Err(fail("its type is served by another daemon"));
+        }
+        let sink = take_sink(
+            &self.shared,
+            store,
+            self.id,
+            &info.frontend_path,
+            &self.opts,
+        )?;
+        publish_tty(store, self.id, &info.frontend_path, sink.as_ref())?;
+        tracing::info!(console = %self.id, sink = %sink.spec(), "xen_console_realize");
+        self.sink = Some(sink);
+        Ok(())
+    }
+
+    fn connect(&mut self, store: &Client, info: &DeviceInfo) -> Result<(), DeviceError> {
+        let fe = &info.frontend_path;
+        let ring_ref_path = format!("{fe}/ring-ref");
+        let port_path = format!("{fe}/port");
+        let ring_ref = read_opt(store, &ring_ref_path)?.ok_or_else(|| fail("no ring-ref"))?;
+        let gref = GrantRef(parse_strict(&ring_ref_path, &ring_ref)?);
+        if gref == GrantRef::CONSOLE || gref == GrantRef::XENSTORE {
+            return Err(fail(format!("ring-ref {gref} names a reserved grant")));
+        }
+        let port = read_opt(store, &port_path)?.ok_or_else(|| fail("no port"))?;
+        let port = EvtchnPort(parse_strict(&port_path, &port)?);
+        let limit = limit(store, fe)?;
+        let page = self
+            .platform
+            .grant_mapper()
+            .map_grant_refs(self.id.domid, &[gref], true)
+            .map_err(|e| fail(format!("mapping grant {gref}: {e}")))?;
+        let ring = ConsoleRing::new(page).map_err(|e| fail(e.to_string()))?;
+        let sink = match self.sink.take() {
+            Some(s) => s,
+            None => take_sink(&self.shared, store, self.id, fe, &self.opts)?,
+        };
+        let link = Link {
+            id: self.id,
+            ring,
+            port,
+            mark_connected: false,
+        };
+        serve(
+            &self.shared,
+            self.platform.as_ref(),
+            link,
+            limit,
+            sink,
+            &self.opts,
+        )?;
+        self.connected = true;
+        Ok(())
+    }
+
+    fn disconnect(&mut self, _info: &DeviceInfo) {
+        if std::mem::take(&mut self.connected) {
+            tracing::info!(console = %self.id, "xen_console_disconnect");
+            lock(&self.shared).actions.push(Action::Stop(self.id));
+        }
+    }
+
+    fn unrealize(&mut self, _info: &DeviceInfo) {
+        tracing::info!(console = %self.id, "xen_console_unrealize");
+        self.disconnect(_info);
+        self.sink = None;
+        let mut s = lock(&self.shared);
+        s.parked.remove(&self.id);
+        s.counters.remove(&self.id);
+    }
+}
+
+/// What the primary console was last connected with, to tell a real
+/// change (remap, rebind) from a no-op watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrimaryLink {
+    pub ring_ref: Gfn,
+    pub port: EvtchnPort,
+}
+
+/// Reads a domain's `console` directory and, if `ring-ref` and `port` are
+/// there and `type` is ours, connects: grant ref 0 first (what the domain
+/// builder set up for the console backend), else a foreign map of the
+/// frame. Returns the link served, `None` if not ready or not ours.
+pub fn connect_primary(
+    shared: &SharedRef,
+    platform: &dyn Platform,
+    store: &Client,
+    domid: DomId,
+    opts: &ConsoleOptions,
+) -> Result<Option<PrimaryLink>, DeviceError> {
+    let id = ConsoleId { domid, devid: 0 };
+    let fe = format!("/local/domain/{domid}/console");
+    if !type_served(store, &fe, opts)? {
+        return Ok(None);
+    }
+    let (Some(ring_ref), Some(port)) = (
+        read_opt(store, &format!("{fe}/ring-ref"))?,
+        read_opt(store, &format!("{fe}/port"))?,
+    ) else {
+        return Ok(None);
+    };
+    let gfn = Gfn(parse_strict(&format!("{fe}/ring-ref"), &ring_ref)?);
+    let port = EvtchnPort(parse_strict(&format!("{fe}/port"), &port)?);
+    let limit = limit(store, &fe)?;
+    let page = match platform
+        .grant_mapper()
+        .map_grant_refs(domid, &[GrantRef::CONSOLE], true)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(console = %id, error = %e, "grant 0 not mappable; foreign-mapping ring-ref");
+            platform
+                .foreign_mapper()
+                .map_foreign(domid, &[gfn], true)
+                .map_err(|e| fail(format!("mapping frame {gfn}: {e}")))?
+        }
+    };
+    let ring = ConsoleRing::new(page).map_err(|e| fail(e.to_string()))?;
+    let sink = take_sink(shared, store, id, &fe, opts)?;
+    publish_tty(store, id, &fe, sink.as_ref())?;
+    let link = Link {
+        id,
+        ring,
+        port,
+        mark_connected: true,
+    };
+    serve(shared, platform, link, limit, sink, opts)?;
+    Ok(Some(PrimaryLink {
+        ring_ref: gfn,
+        port,
+    }))
+}
