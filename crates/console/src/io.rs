@@ -168,7 +168,14 @@ impl ConsoleIo {
             if n == 0 {
                 break;
             }
-            let pushed = self.out.push(&self.scratch[..n]);
+            // With nothing queued, hand the bytes to the sink directly and
+            // buffer only what it does not take.
+            let direct = if self.out.is_empty() && !self.sink_full {
+                self.write_sink_direct(n)
+            } else {
+                0
+            };
+            let pushed = self.out.push(&self.scratch[direct..n]);
             if pushed.dropped > 0 {
                 self.counters.add_dropped(pushed.dropped);
             }
@@ -179,6 +186,32 @@ impl ConsoleIo {
             self.notify();
         }
         self.flush();
+    }
+
+    /// Writes `scratch[..n]` to the sink without buffering; returns how
+    /// much it took.
+    fn write_sink_direct(&mut self, n: usize) -> usize {
+        let mut done = 0;
+        while done < n {
+            match self.sink.write(&self.scratch[done..n]) {
+                Ok(0) => break,
+                Ok(k) => {
+                    done += k;
+                    self.counters.add_bytes_out(k);
+                    self.leave_backlog();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.sink_full = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.enter_backlog(&e);
+                    break;
+                }
+            }
+        }
+        done
     }
 
     fn notify(&self) {

@@ -10,8 +10,10 @@
 //! A sink's peer comes and goes (a pty stays; a socket client reconnects),
 //! so the reactor registers its own duplicate of the sink's descriptor:
 //! the registration is then tied to a file this reactor owns, and can be
-//! removed safely even after the sink closed its copy and the number was
-//! reused.
+//! removed safely even after the sink closed its copy. A sink changes its
+//! descriptor only inside a handler (a peer hangs up, or one is accepted),
+//! and the reactor resyncs after every handler, so a descriptor number
+//! seen again at the next resync is the same file.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -44,7 +46,6 @@ pub enum Ready {
 struct Registration {
     dup: OwnedFd,
     number: RawFd,
-    inode: (u64, u64),
     flags: epoll::EventFlags,
 }
 
@@ -64,10 +65,6 @@ pub struct Reactor {
 
 fn token(h: ConsoleHandle, kind: u64) -> epoll::EventData {
     epoll::EventData::new_u64((u64::from(h.generation) << 40) | (u64::from(h.slot) << 8) | kind)
-}
-
-fn identity(fd: BorrowedFd<'_>) -> (u64, u64) {
-    rustix::fs::fstat(fd).map_or((0, 0), |st| (st.st_dev, st.st_ino))
 }
 
 fn flags_for(read: bool, write: bool) -> epoll::EventFlags {
@@ -298,9 +295,7 @@ fn sync_one(
     flags: epoll::EventFlags,
     data: epoll::EventData,
 ) {
-    let same_file = |r: &Registration, fd: BorrowedFd<'_>| {
-        r.number == fd.as_raw_fd() && r.inode == identity(fd)
-    };
+    let same_file = |r: &Registration, fd: BorrowedFd<'_>| r.number == fd.as_raw_fd();
     match (reg.as_mut(), fd) {
         (Some(r), Some(fd)) if same_file(r, fd) => {
             if flags.is_empty() {
@@ -327,7 +322,6 @@ fn sync_one(
             if epoll::add(epfd, &dup, data, flags).is_ok() {
                 *reg = Some(Registration {
                     number: fd.as_raw_fd(),
-                    inode: identity(fd),
                     dup,
                     flags,
                 });

@@ -1,6 +1,7 @@
 //! `xen-console bench`: performance figures, each printed next to the bound
 //! it is measured against in the same run.
 
+mod console;
 mod evtchn;
 mod xenstore;
 
@@ -39,6 +40,19 @@ enum What {
         #[arg(long)]
         no_pin: bool,
     },
+    /// One console's guest->sink throughput against a minimal copy loop, and
+    /// keystroke latency through a pty.
+    Console {
+        /// MiB to move per throughput run.
+        #[arg(long, default_value_t = 64)]
+        megabytes: usize,
+        /// Keystrokes to time.
+        #[arg(long, default_value_t = 5000)]
+        keystrokes: usize,
+        /// Do not pin to CPU 0.
+        #[arg(long)]
+        no_pin: bool,
+    },
     /// The other process of `bench evtchn` (started by it).
     #[command(hide = true)]
     EvtchnPeer(evtchn::PeerArgs),
@@ -56,6 +70,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             no_pin,
         } => evtchn::run(round_trips, !no_pin),
         What::EvtchnPeer(a) => evtchn::peer(a),
+        What::Console {
+            megabytes,
+            keystrokes,
+            no_pin,
+        } => console::run(megabytes, keystrokes, !no_pin),
     }
 }
 
