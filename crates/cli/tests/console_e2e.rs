@@ -464,3 +464,19 @@ fn hostile_indices_are_contained_while_a_neighbour_keeps_working() {
         "nothing read from a corrupt ring"
     );
 }
+
+#[test]
+fn consoles_with_two_digit_indices_are_served() {
+    let w = world(opts(SinkSpec::Null));
+    let d = w.emu.create_domain("wide", 8).unwrap();
+    let mut g = w.guest(d);
+    let log = w.path("c12.log");
+    let devid = w
+        .backend
+        .plug(d, Some(12), SinkSpec::File(log.clone()))
+        .unwrap();
+    assert_eq!(devid, 12);
+    g.wait_for(|l| l == "connected 12", "connected");
+    g.cmd("print 12 twelve");
+    eventually("log", || file_has(&log, b"twelve\n"));
+}

@@ -218,6 +218,8 @@ fn counters(shared: &SharedRef, id: ConsoleId) -> Arc<ConsoleCounters> {
 struct Link {
     id: ConsoleId,
     ring: ConsoleRing,
+    /// As XenStore gave it (grant ref or frame), for the trace.
+    ring_ref: u64,
     port: EvtchnPort,
     /// Primary consoles: clear the ring's `connection` byte once served,
     /// or guests of Xen 4.21+ hold their output back.
@@ -257,7 +259,7 @@ fn serve(
         sink,
         counters(shared, link.id),
     );
-    tracing::info!(console = %link.id, port = %link.port, limit, "xen_console_connect");
+    tracing::info!(console = %link.id, idx = link.id.devid, ring_ref = link.ring_ref, port = %link.port, limit, "xen_console_connect");
     lock(shared).actions.push(Action::Serve(io));
     Ok(())
 }
@@ -361,6 +363,7 @@ impl BackendDevice for ConsoleDevice {
         let link = Link {
             id: self.id,
             ring,
+            ring_ref: u64::from(gref.0),
             port,
             mark_connected: false,
         };
@@ -385,6 +388,7 @@ impl BackendDevice for ConsoleDevice {
 
     fn unrealize(&mut self, _info: &DeviceInfo) {
         tracing::info!(console = %self.id, "xen_console_unrealize");
+        tracing::info!(console = %self.id, "xen_console_device_destroy");
         self.disconnect(_info);
         self.sink = None;
         let mut s = lock(&self.shared);
@@ -445,6 +449,7 @@ pub fn connect_primary(
     let link = Link {
         id,
         ring,
+        ring_ref: gfn.0,
         port,
         mark_connected: true,
     };
