@@ -21,6 +21,7 @@ use xenstore::client::{Client, XenStore};
 use xenstore::{Access, Perm, Perms};
 
 use crate::io::{ConsoleId, ConsoleIo};
+use crate::log::{GuestLog, LogStyle};
 use crate::metrics::ConsoleCounters;
 use crate::output_buffer::{OutputBuffer, Overflow};
 use crate::ring::ConsoleRing;
@@ -37,6 +38,13 @@ pub struct ConsoleOptions {
     pub overflow: Overflow,
     /// `type` values we serve; a console with another `type` is left alone.
     pub serve_types: Vec<String>,
+    /// Write each console's output to `<log_dir>/guest-<name>.log` too
+    /// (`-console<n>` before `.log` for secondary consoles).
+    pub log_dir: Option<std::path::PathBuf>,
+    pub log_style: LogStyle,
+    /// Serve every domain's primary console, found the xenconsoled way
+    /// (`@introduceDomain`/`@releaseDomain` and `/local/domain`).
+    pub discover_primaries: bool,
 }
 
 impl Default for ConsoleOptions {
@@ -45,6 +53,9 @@ impl Default for ConsoleOptions {
             default_sink: SinkSpec::Pty,
             overflow: Overflow::Discard,
             serve_types: vec!["xenconsoled".into(), "ioemu".into()],
+            log_dir: None,
+            log_style: LogStyle::default(),
+            discover_primaries: false,
         }
     }
 }
@@ -226,9 +237,52 @@ struct Link {
     mark_connected: bool,
 }
 
+/// A file name for a guest's log from its (toolstack-written, but never
+/// trusted) name: anything but letters, digits, `.`, `_` and `-` becomes
+/// `_`, so no name can point outside the log directory.
+pub fn log_file_name(name: Option<&str>, id: ConsoleId) -> String {
+    let clean: String = name
+        .unwrap_or_default()
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let base = if clean.is_empty() || clean.starts_with('.') {
+        format!("domain-{}", id.domid)
+    } else {
+        clean
+    };
+    match id.devid {
+        0 => format!("guest-{base}.log"),
+        n => format!("guest-{base}-console{n}.log"),
+    }
+}
+
+fn open_log(store: &Client, id: ConsoleId, opts: &ConsoleOptions) -> Option<GuestLog> {
+    let dir = opts.log_dir.as_ref()?;
+    let name = read_opt(store, &format!("/local/domain/{}/name", id.domid))
+        .ok()
+        .flatten();
+    let path = dir.join(log_file_name(name.as_deref(), id));
+    match GuestLog::open(&path, opts.log_style) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(console = %id, path = %path.display(), error = %e, "cannot open the guest log");
+            None
+        }
+    }
+}
+
 fn serve(
     shared: &SharedRef,
     platform: &dyn Platform,
+    store: &Client,
     link: Link,
     limit: usize,
     sink: Box<dyn Sink>,
@@ -250,7 +304,7 @@ fn serve(
             .set_connected()
             .map_err(|e| fail(format!("marking the ring connected: {e}")))?;
     }
-    let io = ConsoleIo::new(
+    let mut io = ConsoleIo::new(
         link.id,
         link.ring,
         evtchn,
@@ -259,6 +313,9 @@ fn serve(
         sink,
         counters(shared, link.id),
     );
+    if let Some(log) = open_log(store, link.id, opts) {
+        io = io.with_log(log);
+    }
     tracing::info!(console = %link.id, idx = link.id.devid, ring_ref = link.ring_ref, port = %link.port, limit, "xen_console_connect");
     lock(shared).actions.push(Action::Serve(io));
     Ok(())
@@ -370,6 +427,7 @@ impl BackendDevice for ConsoleDevice {
         serve(
             &self.shared,
             self.platform.as_ref(),
+            store,
             link,
             limit,
             sink,
@@ -453,9 +511,31 @@ pub fn connect_primary(
         port,
         mark_connected: true,
     };
-    serve(shared, platform, link, limit, sink, opts)?;
+    serve(shared, platform, store, link, limit, sink, opts)?;
     Ok(Some(PrimaryLink {
         ring_ref: gfn,
         port,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_names_cannot_escape_the_log_directory() {
+        let id = ConsoleId {
+            domid: DomId(7),
+            devid: 0,
+        };
+        assert_eq!(log_file_name(Some("web-1"), id), "guest-web-1.log");
+        assert_eq!(
+            log_file_name(Some("../../etc/passwd"), id),
+            "guest-domain-7.log"
+        );
+        assert_eq!(log_file_name(Some("a/b c"), id), "guest-a_b_c.log");
+        assert_eq!(log_file_name(None, id), "guest-domain-7.log");
+        let second = ConsoleId { devid: 3, ..id };
+        assert_eq!(log_file_name(Some("web"), second), "guest-web-console3.log");
+    }
 }

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use platform::{EventChannels, EvtchnPort};
 
+use crate::log::GuestLog;
 use crate::metrics::ConsoleCounters;
 use crate::output_buffer::{OutputBuffer, Overflow};
 use crate::ring::{ConsoleRing, RingError};
@@ -66,6 +67,9 @@ pub struct ConsoleIo {
     /// `in` was full at the last look: the sink is not read until the
     /// guest consumes.
     in_full: bool,
+    /// The guest log, written before output is consumed from the ring.
+    log: Option<GuestLog>,
+    log_failed: bool,
     scratch: Vec<u8>,
 }
 
@@ -91,7 +95,45 @@ impl ConsoleIo {
             backlog_since: None,
             sink_full: false,
             in_full: false,
+            log: None,
+            log_failed: false,
             scratch: vec![0; CHUNK],
+        }
+    }
+
+    /// Also writes guest output to `log`, before consuming it.
+    pub fn with_log(mut self, log: GuestLog) -> ConsoleIo {
+        self.log = Some(log);
+        self
+    }
+
+    pub fn log_path(&self) -> Option<&std::path::Path> {
+        self.log.as_ref().map(GuestLog::path)
+    }
+
+    /// Reopens the log at its path (rotation on SIGHUP).
+    pub fn reopen_log(&mut self) {
+        if let Some(log) = self.log.as_mut() {
+            match log.reopen() {
+                Ok(()) => self.log_failed = false,
+                Err(e) => {
+                    tracing::warn!(console = %self.id, path = %log.path().display(), error = %e, "reopening the log failed")
+                }
+            }
+        }
+    }
+
+    fn write_log(&mut self, n: usize) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        if let Err(e) = log.write(&self.scratch[..n]) {
+            if !self.log_failed {
+                self.log_failed = true;
+                tracing::warn!(console = %self.id, path = %log.path().display(), error = %e, "writing the guest log failed; output still goes to the sink");
+            }
+        } else {
+            self.log_failed = false;
         }
     }
 
@@ -168,6 +210,7 @@ impl ConsoleIo {
             if n == 0 {
                 break;
             }
+            self.write_log(n);
             // With nothing queued, hand the bytes to the sink directly and
             // buffer only what it does not take.
             let direct = if self.out.is_empty() && !self.sink_full {

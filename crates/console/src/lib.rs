@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod device;
 pub mod io;
+pub mod log;
 pub mod metrics;
 pub mod output_buffer;
 pub mod reactor;
