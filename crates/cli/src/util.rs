@@ -14,3 +14,6 @@ pub fn raise_fd_limit() -> io::Result<()> {
     rustix::process::setrlimit(rustix::process::Resource::Nofile, new)?;
     Ok(())
 }
+
+/// Where `up`, `emu` and the tools that talk to them meet by default.
+pub const DEFAULT_EMU_DIR: &str = "/tmp/xen-console/emu";

@@ -29,6 +29,7 @@ use crate::sink::SinkSpec;
 const TOKEN_WATCH: u32 = 1;
 const TOKEN_WAKE: u32 = 2;
 const PRIMARY_TOKEN: &str = "primary:";
+const DOMLIST_TOKEN: &str = "domlist";
 
 /// One console as `list` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,7 @@ pub struct ConsoleInfo {
     pub connected: bool,
     pub sink: String,
     pub tty: Option<PathBuf>,
+    pub log: Option<PathBuf>,
     pub buffered: usize,
     pub counters: CounterSnapshot,
 }
@@ -49,6 +51,7 @@ enum Command {
     Plug(DomId, Option<u32>, SinkSpec, Reply<u32>),
     Unplug(DomId, u32, Reply<()>),
     List(Reply<Vec<ConsoleInfo>>),
+    ReopenLogs(Reply<()>),
     Stop,
 }
 
@@ -91,6 +94,12 @@ impl ConsoleBackend {
         }))
         .map_err(std::io::Error::other)?;
         bus.start().map_err(std::io::Error::other)?;
+        if opts.discover_primaries {
+            // As xenconsoled: any domain coming or going means a rescan.
+            for special in ["@introduceDomain", "@releaseDomain"] {
+                store.watch(special, DOMLIST_TOKEN).map_err(std::io::Error::other)?;
+            }
+        }
         let mut reactor = Reactor::new()?;
         reactor.add_external(events.as_fd(), TOKEN_WATCH)?;
         let wake = rustix::event::eventfd(
@@ -174,6 +183,10 @@ impl ConsoleBackend {
 
     fn on_event(&mut self, ev: &WatchEvent) {
         let token = String::from_utf8_lossy(&ev.token);
+        if token == DOMLIST_TOKEN {
+            self.rescan_domains();
+            return;
+        }
         if let Some(d) = token.strip_prefix(PRIMARY_TOKEN) {
             if let Ok(d) = d.parse::<u16>() {
                 self.refresh_primary(DomId(d));
@@ -208,10 +221,48 @@ impl ConsoleBackend {
                 Command::List(reply) => {
                     let _ = reply.send(Ok(self.list()));
                 }
+                Command::ReopenLogs(reply) => {
+                    for h in self.live.values() {
+                        if let Some(io) = self.reactor.get_mut(*h) {
+                            io.reopen_log();
+                        }
+                    }
+                    let _ = reply.send(Ok(()));
+                }
             }
             self.apply_actions();
         }
         true
+    }
+
+    /// Serves the primary console of every introduced domain and stops
+    /// serving those that are gone.
+    fn rescan_domains(&mut self) {
+        let me = self.platform.domid();
+        let listed: Vec<DomId> = match self.store.directory("/local/domain") {
+            Ok(names) => names.iter().filter_map(|n| n.parse::<u16>().ok()).map(DomId).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list domains");
+                return;
+            }
+        };
+        let alive: Vec<DomId> = listed
+            .into_iter()
+            .filter(|d| *d != me && self.store.is_domain_introduced(d.0).unwrap_or(false))
+            .collect();
+        let gone: Vec<DomId> = self.primaries.keys().filter(|d| !alive.contains(d)).copied().collect();
+        for d in gone {
+            tracing::info!(domid = %d, "domain gone");
+            let _ = self.stop_primary(d);
+        }
+        for d in alive {
+            if !self.primaries.contains_key(&d) {
+                tracing::info!(domid = %d, "domain found");
+                if let Err(e) = self.serve_primary(d, None) {
+                    tracing::warn!(domid = %d, error = %e, "cannot watch the domain's console");
+                }
+            }
+        }
     }
 
     fn serve_primary(&mut self, d: DomId, sink: Option<SinkSpec>) -> Result<(), String> {
@@ -357,6 +408,7 @@ impl ConsoleBackend {
                     connected: io.is_some(),
                     sink: sink.map(|k| k.spec().to_string()).unwrap_or_default(),
                     tty: sink.and_then(|k| k.tty()),
+                    log: io.and_then(|i| i.log_path().map(PathBuf::from)),
                     buffered: io.map_or(0, |i| i.buffered()),
                     counters: c.snapshot(),
                 }
@@ -406,6 +458,11 @@ impl BackendHandle {
 
     pub fn list(&self) -> Result<Vec<ConsoleInfo>, String> {
         self.call(Command::List)
+    }
+
+    /// Reopens every guest log (after rotation; what SIGHUP does).
+    pub fn reopen_logs(&self) -> Result<(), String> {
+        self.call(Command::ReopenLogs)
     }
 
     /// Stops the backend and waits for its thread.

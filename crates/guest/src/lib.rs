@@ -399,6 +399,10 @@ impl Guest {
                     .collect();
                 self.print(devid(1)?, &data)?;
             }
+            Some("boot") => {
+                let log = boot_log(self.domid(), words.get(1).copied().unwrap_or("guest"));
+                self.print(0, log.as_bytes())?;
+            }
             Some("pending") => return Ok(self.front(devid(1)?)?.pending.len().to_string()),
             Some("received") => return Ok(hex(&self.front(devid(1)?)?.received)),
             Some("consoles") => {
@@ -528,4 +532,30 @@ fn read_str(store: &Client, path: &str) -> Option<String> {
         .read(path)
         .ok()
         .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// A boot log like a small Linux PV guest's, ending at a login prompt.
+pub fn boot_log(domid: DomId, name: &str) -> String {
+    let lines = [
+        "[    0.000000] Linux version 6.1.0-xen (builder@xen-console) #1 SMP PREEMPT_DYNAMIC".to_string(),
+        "[    0.000000] Command line: root=/dev/xvda1 ro console=hvc0".to_string(),
+        "[    0.000000] Booting paravirtualized kernel on Xen".to_string(),
+        format!("[    0.000000] Xen version: 4.17 (preserve-AD), domid {domid}"),
+        "[    0.012345] Memory: 121344K/131072K available".to_string(),
+        "[    0.104512] xen:events: Using FIFO-based ABI".to_string(),
+        "[    0.212001] Console: colour dummy device 80x25".to_string(),
+        "[    0.212019] printk: console [hvc0] enabled".to_string(),
+        "[    0.480377] xen_netfront: Initialising Xen virtual ethernet driver".to_string(),
+        "[    0.633012] blkfront: xvda: flush diskcache: enabled; persistent grants: enabled".to_string(),
+        "[    0.701554] EXT4-fs (xvda1): mounted filesystem with ordered data mode".to_string(),
+        "[    0.912211] systemd[1]: Hostname set to <guest>.".to_string(),
+        "[    1.402945] systemd[1]: Reached target Multi-User System.".to_string(),
+        String::new(),
+        format!("Debian GNU/Linux 12 {name} hvc0"),
+        String::new(),
+        format!("{name} login: "),
+    ];
+    let mut out = lines.join("\n");
+    out = out.replace("<guest>", name);
+    out
 }

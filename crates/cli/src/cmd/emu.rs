@@ -10,7 +10,7 @@ use platform::emu::Emulator;
 #[derive(clap::Args)]
 pub struct Args {
     /// Run directory for the sockets (`xen`, `xenstored`, per-domain ones).
-    #[arg(long, default_value = "/run/xen-console-emu")]
+    #[arg(long, default_value = crate::util::DEFAULT_EMU_DIR)]
     pub dir: PathBuf,
     /// Create this many guest domains at start (named guest1, guest2, ...).
     #[arg(long, default_value_t = 0)]

@@ -1,5 +1,10 @@
+pub mod attach;
 pub mod bench;
+pub mod ctl;
+pub mod daemon;
 pub mod demo;
+pub mod domain;
 pub mod emu;
 pub mod guest;
+pub mod up;
 pub mod xenstored;

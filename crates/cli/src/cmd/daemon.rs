@@ -1,0 +1,194 @@
+//! `xen-console daemon`: serves every guest console on the host, as
+//! xenconsoled does, with xenconsoled's options where they make sense.
+//!
+//! It finds domains the xenconsoled way (`@introduceDomain` and
+//! `@releaseDomain`, then `/local/domain`) and serves each primary console
+//! whose `type` it handles; it serves secondary consoles the XenBus way
+//! (its backend directory); it takes hot-plug requests on a control socket.
+//! SIGHUP reopens the guest logs (rotate, then HUP); SIGTERM and SIGINT
+//! stop it cleanly.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use console::backend::ConsoleBackend;
+use console::device::ConsoleOptions;
+use console::log::LogStyle;
+use console::output_buffer::Overflow;
+use console::sink::SinkSpec;
+use platform::Platform;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::control;
+
+/// xenconsoled's `--log` and `--timestamp` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    None,
+    Guest,
+    Hv,
+    All,
+}
+
+impl Which {
+    fn guest(self) -> bool {
+        matches!(self, Which::Guest | Which::All)
+    }
+    fn hv(self) -> bool {
+        matches!(self, Which::Hv | Which::All)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlatformKind {
+    /// Real Xen, through /dev/xen.
+    Linux,
+    /// The emulated Xen of `xen-console emu` / `up`.
+    Emu,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Stay in the foreground (always the case; accepted for xenconsoled compatibility).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Log more (debug level).
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Which logs to keep: guest consoles to files, the hypervisor's console.
+    #[arg(long, value_enum, default_value_t = Which::None)]
+    pub log: Which,
+    /// Where guest logs go (guest-<name>.log).
+    #[arg(long, default_value = "/var/log/xen/console")]
+    pub log_dir: PathBuf,
+    /// Prefix log lines with [YYYY-MM-DD HH:MM:SS].
+    #[arg(short = 't', long, value_enum, default_value_t = Which::None)]
+    pub timestamp: Which,
+    /// When a console's buffer is full: drop the oldest output, or make the guest wait.
+    #[arg(short = 'o', long, default_value = "discard")]
+    pub overflow_data: Overflow,
+    /// Write ESC bytes to log files as '.'.
+    #[arg(long)]
+    pub replace_escape: bool,
+    /// Write our pid here (locked, so a second daemon refuses to start).
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// XenStore to use (a socket, or /dev/xen/xenbus); default: as libxenstore.
+    #[arg(long)]
+    pub xenstore: Option<PathBuf>,
+    /// Which Xen.
+    #[arg(long, value_enum, default_value_t = PlatformKind::Linux)]
+    pub platform: PlatformKind,
+    /// The emulator's run directory, for --platform emu.
+    #[arg(long, default_value = crate::util::DEFAULT_EMU_DIR)]
+    pub emu_dir: PathBuf,
+    /// The control socket (JSON lines; see `xen-console ctl`).
+    #[arg(long, default_value = "/run/xen-console/control")]
+    pub control: PathBuf,
+    /// Where a primary console goes when nothing else says.
+    #[arg(long, default_value = "pty")]
+    pub sink: SinkSpec,
+    /// Console `type` values to serve (repeat); default xenconsoled.
+    #[arg(long = "serve-type", default_values_t = vec!["xenconsoled".to_string()])]
+    pub serve_types: Vec<String>,
+    /// Do not look for domains; serve only what the control socket adds.
+    #[arg(long)]
+    pub no_discover: bool,
+}
+
+fn open_platform(args: &Args) -> anyhow::Result<Arc<dyn Platform>> {
+    Ok(match args.platform {
+        PlatformKind::Linux => Arc::new(platform::linux::LinuxPlatform::open()?),
+        PlatformKind::Emu => Arc::new(
+            platform::emu::EmuPlatform::connect(args.emu_dir.join("xen"))
+                .with_context(|| format!("connecting to the emulator in {}", args.emu_dir.display()))?,
+        ),
+    })
+}
+
+fn open_store(args: &Args) -> anyhow::Result<xenstore::client::Client> {
+    let path = match (&args.xenstore, args.platform) {
+        (Some(p), _) => Some(p.clone()),
+        (None, PlatformKind::Emu) => Some(args.emu_dir.join("xenstored")),
+        (None, PlatformKind::Linux) => None,
+    };
+    Ok(match path {
+        Some(p) => xenstore::client::Client::open_path(&p).with_context(|| format!("opening XenStore at {}", p.display()))?,
+        None => xenstore::client::Client::open().context("opening XenStore")?,
+    })
+}
+
+/// Holds the pid file open and locked while the daemon runs.
+struct PidFile {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+fn write_pid_file(path: &PathBuf) -> anyhow::Result<PidFile> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(path)?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        bail!("another daemon holds {}", path.display());
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(PidFile {
+        path: path.clone(),
+        _file: file,
+    })
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub fn options(args: &Args) -> ConsoleOptions {
+    ConsoleOptions {
+        default_sink: args.sink.clone(),
+        overflow: args.overflow_data,
+        serve_types: args.serve_types.clone(),
+        log_dir: args.log.guest().then(|| args.log_dir.clone()),
+        log_style: LogStyle {
+            timestamps: args.timestamp.guest(),
+            replace_escape: args.replace_escape,
+        },
+        discover_primaries: !args.no_discover,
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::util::raise_fd_limit().context("raising the open-file limit")?;
+    let _pid = args.pid_file.as_ref().map(write_pid_file).transpose()?;
+    if args.log.hv() || args.timestamp.hv() {
+        tracing::warn!("the hypervisor console log (--log hv) is not implemented; guest logs only");
+    }
+    if args.log.guest() {
+        std::fs::create_dir_all(&args.log_dir).with_context(|| format!("creating {}", args.log_dir.display()))?;
+    }
+    let platform = open_platform(&args)?;
+    let store = open_store(&args)?;
+    let backend = Arc::new(ConsoleBackend::spawn(store, platform, options(&args)).context("starting the console backend")?);
+    control::serve(&args.control, backend.clone()).with_context(|| format!("control socket {}", args.control.display()))?;
+    tracing::info!(control = %args.control.display(), "xen-console daemon running");
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            tracing::info!("SIGHUP: reopening guest logs");
+            if let Err(e) = backend.reopen_logs() {
+                tracing::warn!(error = %e, "reopening logs failed");
+            }
+            continue;
+        }
+        break;
+    }
+    tracing::info!("stopping");
+    let _ = std::fs::remove_file(&args.control);
+    drop(backend);
+    Ok(())
+}
