@@ -157,20 +157,24 @@ pub fn serve(path: &Path, backend: Arc<BackendHandle>) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let listener = UnixListener::bind(path)?;
-    std::thread::Builder::new().name("control".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let backend = backend.clone();
-            let _ = std::thread::Builder::new()
-                .name("control-conn".into())
-                .spawn(move || serve_connection(conn, &backend));
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let backend = backend.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-conn".into())
+                    .spawn(move || serve_connection(conn, &backend));
+            }
+        })?;
     Ok(())
 }
 
 fn serve_connection(conn: UnixStream, backend: &BackendHandle) {
-    let Ok(mut out) = conn.try_clone() else { return };
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
     // A line longer than this is not a request we make sense of.
     let reader = BufReader::new(std::io::Read::take(conn, 1 << 20));
     for line in reader.lines() {
@@ -202,7 +206,8 @@ mod tests {
 
     #[test]
     fn requests_parse_from_json_lines() {
-        let r: Request = serde_json::from_str(r#"{"cmd":"add","domid":3,"sink":"file:/tmp/x"}"#).unwrap();
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"add","domid":3,"sink":"file:/tmp/x"}"#).unwrap();
         assert_eq!(
             r,
             Request::Add {
@@ -215,12 +220,18 @@ mod tests {
         assert_eq!(r, Request::ReopenLogs);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"add","domid":70000}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"del","domid":1}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"list","extra":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"cmd":"add","domid":1,"sinc":"pty"}"#).is_err()
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
     }
 
     #[test]
     fn replies_leave_out_what_they_do_not_carry() {
-        assert_eq!(serde_json::to_string(&Reply::ok()).unwrap(), r#"{"ok":true}"#);
+        assert_eq!(
+            serde_json::to_string(&Reply::ok()).unwrap(),
+            r#"{"ok":true}"#
+        );
         assert_eq!(
             serde_json::to_string(&Reply::error("no")).unwrap(),
             r#"{"ok":false,"error":"no"}"#

@@ -97,7 +97,9 @@ impl ConsoleBackend {
         if opts.discover_primaries {
             // As xenconsoled: any domain coming or going means a rescan.
             for special in ["@introduceDomain", "@releaseDomain"] {
-                store.watch(special, DOMLIST_TOKEN).map_err(std::io::Error::other)?;
+                store
+                    .watch(special, DOMLIST_TOKEN)
+                    .map_err(std::io::Error::other)?;
             }
         }
         let mut reactor = Reactor::new()?;
@@ -240,7 +242,11 @@ impl ConsoleBackend {
     fn rescan_domains(&mut self) {
         let me = self.platform.domid();
         let listed: Vec<DomId> = match self.store.directory("/local/domain") {
-            Ok(names) => names.iter().filter_map(|n| n.parse::<u16>().ok()).map(DomId).collect(),
+            Ok(names) => names
+                .iter()
+                .filter_map(|n| n.parse::<u16>().ok())
+                .map(DomId)
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list domains");
                 return;
@@ -250,7 +256,12 @@ impl ConsoleBackend {
             .into_iter()
             .filter(|d| *d != me && self.store.is_domain_introduced(d.0).unwrap_or(false))
             .collect();
-        let gone: Vec<DomId> = self.primaries.keys().filter(|d| !alive.contains(d)).copied().collect();
+        let gone: Vec<DomId> = self
+            .primaries
+            .keys()
+            .filter(|d| !alive.contains(d))
+            .copied()
+            .collect();
         for d in gone {
             tracing::info!(domid = %d, "domain gone");
             let _ = self.stop_primary(d);
@@ -258,7 +269,7 @@ impl ConsoleBackend {
         for d in alive {
             if !self.primaries.contains_key(&d) {
                 tracing::info!(domid = %d, "domain found");
-                if let Err(e) = self.serve_primary(d, None) {
+                if let Err(e) = self.serve_primary(d, self.opts.primary_sink.clone()) {
                     tracing::warn!(domid = %d, error = %e, "cannot watch the domain's console");
                 }
             }
@@ -379,7 +390,7 @@ impl ConsoleBackend {
                 Action::Serve(io) => {
                     let id = io.id;
                     self.stop(id);
-                    match self.reactor.add(io) {
+                    match self.reactor.add(*io) {
                         Ok(h) => {
                             self.live.insert(id, h);
                         }

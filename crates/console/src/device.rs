@@ -45,6 +45,9 @@ pub struct ConsoleOptions {
     /// Serve every domain's primary console, found the xenconsoled way
     /// (`@introduceDomain`/`@releaseDomain` and `/local/domain`).
     pub discover_primaries: bool,
+    /// The operator's sink for every discovered primary console; it wins
+    /// over the toolstack's `output` node.
+    pub primary_sink: Option<SinkSpec>,
 }
 
 impl Default for ConsoleOptions {
@@ -56,13 +59,14 @@ impl Default for ConsoleOptions {
             log_dir: None,
             log_style: LogStyle::default(),
             discover_primaries: false,
+            primary_sink: None,
         }
     }
 }
 
 /// Work for the loop that owns the reactor, queued by device callbacks.
 pub enum Action {
-    Serve(ConsoleIo),
+    Serve(Box<ConsoleIo>),
     Stop(ConsoleId),
 }
 
@@ -279,6 +283,38 @@ fn open_log(store: &Client, id: ConsoleId, opts: &ConsoleOptions) -> Option<Gues
     }
 }
 
+/// After a backend restart: makes the log and the ring agree, so output
+/// is neither lost nor logged twice (see [`crate::log`]).
+fn recover_log(log: &mut GuestLog, link: &Link) {
+    let last = match log.track_position(link.id.domid.0) {
+        Ok(Some(last)) => last,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(console = %link.id, error = %e, "cannot keep the log position; a crash may repeat a chunk");
+            return;
+        }
+    };
+    let out_cons = link
+        .ring
+        .pages()
+        .load_u32(
+            crate::ring::OUT_CONS_OFFSET,
+            std::sync::atomic::Ordering::Acquire,
+        )
+        .unwrap_or(0);
+    let pending = link.ring.out_pending().unwrap_or(0);
+    match log.recover(last, out_cons, pending) {
+        Ok(0) => {}
+        Ok(skip) => {
+            tracing::info!(console = %link.id, bytes = skip, "skipping output already in the log");
+            if let Err(e) = link.ring.consume_out(skip) {
+                tracing::warn!(console = %link.id, error = %e, "cannot skip logged output");
+            }
+        }
+        Err(e) => tracing::warn!(console = %link.id, error = %e, "log recovery failed"),
+    }
+}
+
 fn serve(
     shared: &SharedRef,
     platform: &dyn Platform,
@@ -304,6 +340,10 @@ fn serve(
             .set_connected()
             .map_err(|e| fail(format!("marking the ring connected: {e}")))?;
     }
+    let log = open_log(store, link.id, opts).map(|mut log| {
+        recover_log(&mut log, &link);
+        log
+    });
     let mut io = ConsoleIo::new(
         link.id,
         link.ring,
@@ -313,11 +353,11 @@ fn serve(
         sink,
         counters(shared, link.id),
     );
-    if let Some(log) = open_log(store, link.id, opts) {
+    if let Some(log) = log {
         io = io.with_log(log);
     }
     tracing::info!(console = %link.id, idx = link.id.devid, ring_ref = link.ring_ref, port = %link.port, limit, "xen_console_connect");
-    lock(shared).actions.push(Action::Serve(io));
+    lock(shared).actions.push(Action::Serve(Box::new(io)));
     Ok(())
 }
 

@@ -7,6 +7,14 @@
 //! of each line (`--timestamp`), and ESC bytes written as `.`
 //! (`--replace-escape`) so a log cannot drive the terminal that views it.
 //! `reopen` supports log rotation: move the file, send SIGHUP.
+//!
+//! Exactly once across a crash: beside each log a small position file
+//! (`.<log name>.pos`) records, after every chunk, the log's length and the
+//! ring index the chunk ended at, before the chunk is consumed from the
+//! ring. A restarted backend ([`GuestLog::recover`]) cuts off a chunk that
+//! reached the log but not the position file (the ring still has it), and
+//! skips a chunk that reached both but was not consumed. Nothing is lost,
+//! nothing is written twice.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -26,6 +34,58 @@ pub struct GuestLog {
     style: LogStyle,
     at_line_start: bool,
     scratch: Vec<u8>,
+    /// Bytes in the file, as far as we wrote them.
+    len: u64,
+    pos: Option<PosFile>,
+}
+
+/// The position file: magic, domid, log length, ring index.
+struct PosFile {
+    file: File,
+    domid: u16,
+}
+
+const POS_MAGIC: &[u8; 4] = b"XCP1";
+
+/// What the position file said: after `log_len` bytes of log, the ring's
+/// consumer index was (to be) `ring_index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    pub domid: u16,
+    pub log_len: u64,
+    pub ring_index: u32,
+}
+
+fn pos_path(log: &Path) -> PathBuf {
+    let name = log
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    log.with_file_name(format!(".{name}.pos"))
+}
+
+impl PosFile {
+    fn read(path: &Path) -> Option<LogPosition> {
+        let b = std::fs::read(path).ok()?;
+        if b.len() != 18 || &b[..4] != POS_MAGIC {
+            return None;
+        }
+        Some(LogPosition {
+            domid: u16::from_le_bytes([b[4], b[5]]),
+            log_len: u64::from_le_bytes(b[6..14].try_into().ok()?),
+            ring_index: u32::from_le_bytes(b[14..18].try_into().ok()?),
+        })
+    }
+
+    fn write(&self, log_len: u64, ring_index: u32) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 18];
+        b[..4].copy_from_slice(POS_MAGIC);
+        b[4..6].copy_from_slice(&self.domid.to_le_bytes());
+        b[6..14].copy_from_slice(&log_len.to_le_bytes());
+        b[14..18].copy_from_slice(&ring_index.to_le_bytes());
+        self.file.write_all_at(&b, 0)
+    }
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -71,12 +131,15 @@ impl GuestLog {
     pub fn open(path: impl Into<PathBuf>, style: LogStyle) -> io::Result<GuestLog> {
         let path = path.into();
         let file = open_append(&path)?;
+        let len = file.metadata()?.len();
         let mut log = GuestLog {
             path,
             file,
             style,
             at_line_start: true,
             scratch: Vec::new(),
+            len,
+            pos: None,
         };
         if style.timestamps {
             log.file
@@ -89,10 +152,57 @@ impl GuestLog {
         &self.path
     }
 
+    /// Keeps a position file for `domid`'s ring beside the log, and
+    /// returns what the last one said (if it was for this domain and this
+    /// file) so the caller can [`GuestLog::recover`].
+    pub fn track_position(&mut self, domid: u16) -> io::Result<Option<LogPosition>> {
+        let path = pos_path(&self.path);
+        let last = PosFile::read(&path).filter(|p| p.domid == domid && p.log_len <= self.len);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o644)
+            .open(&path)?;
+        self.pos = Some(PosFile { file, domid });
+        Ok(last)
+    }
+
+    /// After a restart: given what the position file said and the ring's
+    /// consumer index now, cuts off log bytes the ring still holds and
+    /// returns how many bytes of the ring to consume without logging.
+    pub fn recover(
+        &mut self,
+        last: LogPosition,
+        out_cons: u32,
+        out_pending: usize,
+    ) -> io::Result<usize> {
+        if self.len > last.log_len {
+            // The log got a chunk the position file never recorded: the
+            // ring was not consumed either, so it will be written again.
+            self.file.set_len(last.log_len)?;
+            self.len = last.log_len;
+        }
+        let ahead = last.ring_index.wrapping_sub(out_cons) as usize;
+        // Recorded but not consumed: skip it (it is in the log).
+        Ok(if ahead <= out_pending { ahead } else { 0 })
+    }
+
+    /// Records that everything logged so far ends at ring index
+    /// `ring_index`; call before consuming it.
+    pub fn commit(&mut self, ring_index: u32) -> io::Result<()> {
+        match &self.pos {
+            Some(p) => p.write(self.len, ring_index),
+            None => Ok(()),
+        }
+    }
+
     /// Appends guest output; returns once it is in the file.
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         if !self.style.timestamps && !self.style.replace_escape {
-            return self.file.write_all(data);
+            self.file.write_all(data)?;
+            self.len += data.len() as u64;
+            return Ok(());
         }
         self.scratch.clear();
         for &b in data {
@@ -116,7 +226,9 @@ impl GuestLog {
                 self.at_line_start = true;
             }
         }
-        self.file.write_all(&self.scratch)
+        self.file.write_all(&self.scratch)?;
+        self.len += self.scratch.len() as u64;
+        Ok(())
     }
 
     /// Opens the path again (after an external rotation moved the file).
@@ -186,6 +298,44 @@ mod tests {
             std::fs::read(dir.path().join("guest-c.log.1")).unwrap(),
             b"old\n"
         );
+    }
+
+    #[test]
+    fn recovery_cuts_an_unrecorded_chunk_and_skips_a_recorded_unconsumed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("guest-r.log");
+        let mut log = GuestLog::open(&p, LogStyle::default()).unwrap();
+        assert_eq!(log.track_position(4).unwrap(), None);
+        log.write(b"line 1\n").unwrap();
+        log.commit(7).unwrap();
+        // Crash after writing the next chunk but before recording it.
+        log.write(b"line 2\n").unwrap();
+        drop(log);
+        let mut log = GuestLog::open(&p, LogStyle::default()).unwrap();
+        let last = log.track_position(4).unwrap().expect("position");
+        assert_eq!(
+            last,
+            LogPosition {
+                domid: 4,
+                log_len: 7,
+                ring_index: 7
+            }
+        );
+        // The ring was consumed up to 7; "line 2\n" is still pending.
+        assert_eq!(log.recover(last, 7, 7).unwrap(), 0);
+        assert_eq!(std::fs::read(&p).unwrap(), b"line 1\n");
+        // Crash after recording a chunk but before consuming it.
+        log.write(b"line 2\n").unwrap();
+        log.commit(14).unwrap();
+        drop(log);
+        let mut log = GuestLog::open(&p, LogStyle::default()).unwrap();
+        let last = log.track_position(4).unwrap().expect("position");
+        assert_eq!(log.recover(last, 7, 7).unwrap(), 7, "skip what is logged");
+        assert_eq!(std::fs::read(&p).unwrap(), b"line 1\nline 2\n");
+        // Another domain's position is not used.
+        drop(log);
+        let mut other = GuestLog::open(&p, LogStyle::default()).unwrap();
+        assert_eq!(other.track_position(5).unwrap(), None);
     }
 
     #[test]

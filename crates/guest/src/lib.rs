@@ -70,8 +70,18 @@ struct Frontend {
     backend_seen_ready: bool,
 }
 
+/// A numbered sequence being printed a few lines at a time.
+struct Counter {
+    devid: u32,
+    next: u64,
+    last: u64,
+    per_tick: u64,
+    last_tick: std::time::Instant,
+}
+
 pub struct Guest {
     cfg: GuestConfig,
+    counter: Option<Counter>,
     plat: EmuGuest,
     store: Client,
     evt: EmuEventChannels,
@@ -114,6 +124,7 @@ impl Guest {
         let si = plat.start_info()?;
         let mut g = Guest {
             cfg,
+            counter: None,
             plat,
             store,
             evt,
@@ -373,6 +384,31 @@ impl Guest {
         Ok(())
     }
 
+    /// Queues the next few lines of a running count; says when it is done.
+    fn tick_counter(&mut self) -> Result<Option<String>> {
+        let Some(c) = self.counter.as_mut() else {
+            return Ok(None);
+        };
+        // A steady pace, however often the backend wakes us.
+        if c.last_tick.elapsed() < std::time::Duration::from_millis(5) {
+            return Ok(None);
+        }
+        c.last_tick = std::time::Instant::now();
+        let mut text = String::new();
+        let end = (c.next + c.per_tick).min(c.last + 1);
+        for i in c.next..end {
+            text.push_str(&format!("line {i:08}\n"));
+        }
+        c.next = end;
+        let (devid, done, last) = (c.devid, c.next > c.last, c.last);
+        self.front(devid)?.pending.extend(text.as_bytes());
+        if done {
+            self.counter = None;
+            return Ok(Some(format!("counted {devid} {last}")));
+        }
+        Ok(None)
+    }
+
     fn command(&mut self, words: &[&str]) -> Result<String> {
         let devid = |i: usize| -> Result<u32> {
             words.get(i).and_then(|w| w.parse().ok()).ok_or_else(|| {
@@ -402,6 +438,17 @@ impl Guest {
             Some("boot") => {
                 let log = boot_log(self.domid(), words.get(1).copied().unwrap_or("guest"));
                 self.print(0, log.as_bytes())?;
+            }
+            Some("count") => {
+                let num = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
+                let (n, per_tick) = (num(2).unwrap_or(1000), num(3).unwrap_or(1).max(1));
+                self.counter = Some(Counter {
+                    devid: devid(1)?,
+                    next: 1,
+                    last: n,
+                    per_tick,
+                    last_tick: std::time::Instant::now(),
+                });
             }
             Some("pending") => return Ok(self.front(devid(1)?)?.pending.len().to_string()),
             Some("received") => return Ok(hex(&self.front(devid(1)?)?.received)),
@@ -466,10 +513,15 @@ impl Guest {
                 rustix::event::PollFd::new(&watch, rustix::event::PollFlags::IN),
                 rustix::event::PollFd::new(&wake, rustix::event::PollFlags::IN),
             ];
-            // Output held for a disconnected primary is retried on a timer.
+            // Output held for a disconnected primary is retried on a timer;
+            // a running count ticks every 5 ms.
             let timeout = rustix::time::Timespec {
                 tv_sec: 0,
-                tv_nsec: 50_000_000,
+                tv_nsec: if self.counter.is_some() {
+                    5_000_000
+                } else {
+                    50_000_000
+                },
             };
             match rustix::event::poll(&mut fds, Some(&timeout)) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -498,6 +550,9 @@ impl Guest {
                     Err(std::sync::mpsc::TryRecvError::Empty) => break,
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(()),
                 }
+            }
+            if let Some(note) = self.tick_counter()? {
+                say(note);
             }
             let devids: Vec<u32> = self.fronts.keys().copied().collect();
             for d in devids {
@@ -537,7 +592,8 @@ fn read_str(store: &Client, path: &str) -> Option<String> {
 /// A boot log like a small Linux PV guest's, ending at a login prompt.
 pub fn boot_log(domid: DomId, name: &str) -> String {
     let lines = [
-        "[    0.000000] Linux version 6.1.0-xen (builder@xen-console) #1 SMP PREEMPT_DYNAMIC".to_string(),
+        "[    0.000000] Linux version 6.1.0-xen (builder@xen-console) #1 SMP PREEMPT_DYNAMIC"
+            .to_string(),
         "[    0.000000] Command line: root=/dev/xvda1 ro console=hvc0".to_string(),
         "[    0.000000] Booting paravirtualized kernel on Xen".to_string(),
         format!("[    0.000000] Xen version: 4.17 (preserve-AD), domid {domid}"),
@@ -546,7 +602,8 @@ pub fn boot_log(domid: DomId, name: &str) -> String {
         "[    0.212001] Console: colour dummy device 80x25".to_string(),
         "[    0.212019] printk: console [hvc0] enabled".to_string(),
         "[    0.480377] xen_netfront: Initialising Xen virtual ethernet driver".to_string(),
-        "[    0.633012] blkfront: xvda: flush diskcache: enabled; persistent grants: enabled".to_string(),
+        "[    0.633012] blkfront: xvda: flush diskcache: enabled; persistent grants: enabled"
+            .to_string(),
         "[    0.701554] EXT4-fs (xvda1): mounted filesystem with ordered data mode".to_string(),
         "[    0.912211] systemd[1]: Hostname set to <guest>.".to_string(),
         "[    1.402945] systemd[1]: Reached target Multi-User System.".to_string(),
@@ -555,7 +612,9 @@ pub fn boot_log(domid: DomId, name: &str) -> String {
         String::new(),
         format!("{name} login: "),
     ];
-    let mut out = lines.join("\n");
+    // A console's tty turns LF into CR LF; the guest sends what a
+    // terminal expects.
+    let mut out = lines.join("\r\n");
     out = out.replace("<guest>", name);
     out
 }

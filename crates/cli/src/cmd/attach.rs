@@ -39,14 +39,17 @@ pub fn parse_escape(s: &str) -> anyhow::Result<u8> {
     let b = s.as_bytes();
     match b {
         [c] => Ok(*c),
-        [b'^', c] if (b'@'..=b'_').contains(&c.to_ascii_uppercase()) => Ok(c.to_ascii_uppercase() - b'@'),
+        [b'^', c] if (b'@'..=b'_').contains(&c.to_ascii_uppercase()) => {
+            Ok(c.to_ascii_uppercase() - b'@')
+        }
         _ => bail!("escape {s:?}: give one character or ^X"),
     }
 }
 
 fn open_store(args: &Args) -> anyhow::Result<Client> {
     if let Some(p) = &args.xenstore {
-        return Client::open_path(p).with_context(|| format!("opening XenStore at {}", p.display()));
+        return Client::open_path(p)
+            .with_context(|| format!("opening XenStore at {}", p.display()));
     }
     if std::env::var_os("XENSTORED_PATH").is_none() {
         let emu = Path::new(crate::util::DEFAULT_EMU_DIR).join("xenstored");
@@ -105,7 +108,10 @@ fn lock(dir: &Path, domid: u16) -> anyhow::Result<File> {
         .open(&path)
         .with_context(|| format!("opening the lock {}", path.display()))?;
     if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        bail!("the console of domain {domid} is already attached elsewhere (lock {} is held)", path.display());
+        bail!(
+            "the console of domain {domid} is already attached elsewhere (lock {} is held)",
+            path.display()
+        );
     }
     Ok(f)
 }
@@ -132,7 +138,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             break t;
         }
         if Instant::now() > deadline {
-            bail!("no console for domain {} (index {}): {node} is not set", args.domid, args.num);
+            bail!(
+                "no console for domain {} (index {}): {node} is not set",
+                args.domid,
+                args.num
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -141,13 +151,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut pty = open_pty(&tty)?;
     let stdin = std::io::stdin();
     let stdin_fd = stdin.as_fd();
-    let _raw = termios::isatty(stdin_fd).then(|| RawTerminal::enter(stdin_fd)).flatten();
-    eprint!("[attached to domain {} console {}; {} leaves]\r\n", args.domid, args.num, args.escape);
+    let _raw = termios::isatty(stdin_fd)
+        .then(|| RawTerminal::enter(stdin_fd))
+        .flatten();
+    eprint!(
+        "[attached to domain {} console {}; {} leaves]\r\n",
+        args.domid, args.num, args.escape
+    );
     let mut out = std::io::stdout();
     let mut buf = [0u8; 4096];
     let mut stdin_open = true;
     loop {
-        let mut fds = vec![PollFd::new(&pty, PollFlags::IN), PollFd::new(&events, PollFlags::IN)];
+        let mut fds = vec![
+            PollFd::new(&pty, PollFlags::IN),
+            PollFd::new(&events, PollFlags::IN),
+        ];
         if stdin_open {
             fds.push(PollFd::new(&stdin_fd, PollFlags::IN));
         }
@@ -162,7 +180,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             while events.try_recv()?.is_some() {}
             match read_tty(&store, &node) {
                 None => {
-                    eprint!("\r\n[domain {} console {} went away]\r\n", args.domid, args.num);
+                    eprint!(
+                        "\r\n[domain {} console {} went away]\r\n",
+                        args.domid, args.num
+                    );
                     return Ok(());
                 }
                 Some(t) if t != tty => {

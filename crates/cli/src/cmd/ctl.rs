@@ -52,15 +52,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let reply = control::request(&args.control, &req)
         .with_context(|| format!("talking to the daemon at {}", args.control.display()))?;
     if !reply.ok {
-        bail!("{}", reply.error.unwrap_or_else(|| "the daemon refused".into()));
+        bail!(
+            "{}",
+            reply.error.unwrap_or_else(|| "the daemon refused".into())
+        );
     }
     match (&req, reply.consoles) {
         (Request::List, Some(list)) => {
-            println!("{:>6} {:>6} {:<10} {:<28} {}", "domid", "index", "state", "sink", "tty / log");
+            println!(
+                "{:>6} {:>6} {:<10} {:<28} tty / log",
+                "domid", "index", "state", "sink"
+            );
             for c in list {
                 let state = if c.connected { "connected" } else { "waiting" };
                 let reach = c.tty.or(c.log).unwrap_or_default();
-                println!("{:>6} {:>6} {:<10} {:<28} {}", c.domid, c.index, state, c.sink, reach);
+                println!(
+                    "{:>6} {:>6} {:<10} {:<28} {}",
+                    c.domid, c.index, state, c.sink, reach
+                );
             }
         }
         (_, Some(list)) => println!("{}", serde_json::to_string_pretty(&list)?),

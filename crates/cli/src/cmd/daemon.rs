@@ -87,9 +87,10 @@ pub struct Args {
     /// The control socket (JSON lines; see `xen-console ctl`).
     #[arg(long, default_value = "/run/xen-console/control")]
     pub control: PathBuf,
-    /// Where a primary console goes when nothing else says.
-    #[arg(long, default_value = "pty")]
-    pub sink: SinkSpec,
+    /// Where every primary console goes (default: what the toolstack's
+    /// read-only `output` says, else a pty).
+    #[arg(long)]
+    pub sink: Option<SinkSpec>,
     /// Console `type` values to serve (repeat); default xenconsoled.
     #[arg(long = "serve-type", default_values_t = vec!["xenconsoled".to_string()])]
     pub serve_types: Vec<String>,
@@ -102,8 +103,9 @@ fn open_platform(args: &Args) -> anyhow::Result<Arc<dyn Platform>> {
     Ok(match args.platform {
         PlatformKind::Linux => Arc::new(platform::linux::LinuxPlatform::open()?),
         PlatformKind::Emu => Arc::new(
-            platform::emu::EmuPlatform::connect(args.emu_dir.join("xen"))
-                .with_context(|| format!("connecting to the emulator in {}", args.emu_dir.display()))?,
+            platform::emu::EmuPlatform::connect(args.emu_dir.join("xen")).with_context(|| {
+                format!("connecting to the emulator in {}", args.emu_dir.display())
+            })?,
         ),
     })
 }
@@ -115,7 +117,8 @@ fn open_store(args: &Args) -> anyhow::Result<xenstore::client::Client> {
         (None, PlatformKind::Linux) => None,
     };
     Ok(match path {
-        Some(p) => xenstore::client::Client::open_path(&p).with_context(|| format!("opening XenStore at {}", p.display()))?,
+        Some(p) => xenstore::client::Client::open_path(&p)
+            .with_context(|| format!("opening XenStore at {}", p.display()))?,
         None => xenstore::client::Client::open().context("opening XenStore")?,
     })
 }
@@ -130,7 +133,11 @@ fn write_pid_file(path: &PathBuf) -> anyhow::Result<PidFile> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
     if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         bail!("another daemon holds {}", path.display());
     }
@@ -150,7 +157,8 @@ impl Drop for PidFile {
 
 pub fn options(args: &Args) -> ConsoleOptions {
     ConsoleOptions {
-        default_sink: args.sink.clone(),
+        default_sink: SinkSpec::Pty,
+        primary_sink: args.sink.clone(),
         overflow: args.overflow_data,
         serve_types: args.serve_types.clone(),
         log_dir: args.log.guest().then(|| args.log_dir.clone()),
@@ -169,12 +177,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("the hypervisor console log (--log hv) is not implemented; guest logs only");
     }
     if args.log.guest() {
-        std::fs::create_dir_all(&args.log_dir).with_context(|| format!("creating {}", args.log_dir.display()))?;
+        std::fs::create_dir_all(&args.log_dir)
+            .with_context(|| format!("creating {}", args.log_dir.display()))?;
     }
     let platform = open_platform(&args)?;
     let store = open_store(&args)?;
-    let backend = Arc::new(ConsoleBackend::spawn(store, platform, options(&args)).context("starting the console backend")?);
-    control::serve(&args.control, backend.clone()).with_context(|| format!("control socket {}", args.control.display()))?;
+    let backend = Arc::new(
+        ConsoleBackend::spawn(store, platform, options(&args))
+            .context("starting the console backend")?,
+    );
+    control::serve(&args.control, backend.clone())
+        .with_context(|| format!("control socket {}", args.control.display()))?;
     tracing::info!(control = %args.control.display(), "xen-console daemon running");
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
     for sig in signals.forever() {

@@ -32,10 +32,19 @@ pub enum What {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let xen = args.dir.join("xen");
-    let dom0 = EmuPlatform::connect(&xen).with_context(|| format!("no emulated Xen at {} (is `xen-console up` running?)", xen.display()))?;
+    let dom0 = EmuPlatform::connect(&xen).with_context(|| {
+        format!(
+            "no emulated Xen at {} (is `xen-console up` running?)",
+            xen.display()
+        )
+    })?;
     match args.what {
         What::Create { name, pages } => {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 anyhow::bail!("a domain name is letters, digits, '-' and '_'");
             }
             let d = dom0.toolstack(&format!("create {name} {pages}"))?;
@@ -48,7 +57,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("{:>5}  {:<16} {:>6}", "domid", "name", "pages");
             for entry in dom0.toolstack("list")?.split_whitespace() {
                 let mut f = entry.splitn(3, ':');
-                let (d, n, p) = (f.next().unwrap_or(""), f.next().unwrap_or(""), f.next().unwrap_or(""));
+                let (d, n, p) = (
+                    f.next().unwrap_or(""),
+                    f.next().unwrap_or(""),
+                    f.next().unwrap_or(""),
+                );
                 println!("{d:>5}  {n:<16} {p:>6}");
             }
         }

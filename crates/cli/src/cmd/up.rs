@@ -47,7 +47,11 @@ impl Drop for GuestProc {
     }
 }
 
-fn spawn_guest(emu_paths: &platform::emu::EmuPaths, d: DomId, name: &str) -> anyhow::Result<GuestProc> {
+fn spawn_guest(
+    emu_paths: &platform::emu::EmuPaths,
+    d: DomId,
+    name: &str,
+) -> anyhow::Result<GuestProc> {
     let mut child = Command::new(std::env::current_exe()?)
         .arg("guest")
         .arg("--xen")
@@ -80,7 +84,10 @@ fn wait_tty(store: &Client, d: DomId) -> Option<String> {
 
 fn print_table(store: &Client, backend: &BackendHandle, domains: &[(DomId, String)]) {
     println!();
-    println!("{:>5}  {:<10} {:<14} {:<42}", "domid", "name", "console tty", "log");
+    println!(
+        "{:>5}  {:<10} {:<14} {:<42}",
+        "domid", "name", "console tty", "log"
+    );
     let list = backend.list().unwrap_or_default();
     for (d, name) in domains {
         let tty = wait_tty(store, *d).unwrap_or_else(|| "-".into());
@@ -95,7 +102,10 @@ fn print_table(store: &Client, backend: &BackendHandle, domains: &[(DomId, Strin
 }
 
 /// Starts guest processes for domains created after start-up.
-fn adopt_new_domains(emu: Arc<Emulator>, guests: Arc<Mutex<HashMap<DomId, GuestProc>>>) -> anyhow::Result<()> {
+fn adopt_new_domains(
+    emu: Arc<Emulator>,
+    guests: Arc<Mutex<HashMap<DomId, GuestProc>>>,
+) -> anyhow::Result<()> {
     let store = Client::connect_unix(emu.paths().xenstored())?;
     let events = store.watch_events();
     store.watch("@introduceDomain", "up")?;
@@ -131,7 +141,10 @@ fn adopt_new_domains(emu: Arc<Emulator>, guests: Arc<Mutex<HashMap<DomId, GuestP
 
 fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.join("xen").exists() && platform::emu::proto::connect(&dir.join("xen")).is_ok() {
-        anyhow::bail!("another `xen-console up` is running in {} (or pass --dir)", dir.display());
+        anyhow::bail!(
+            "another `xen-console up` is running in {} (or pass --dir)",
+            dir.display()
+        );
     }
     std::fs::create_dir_all(dir)?;
     Ok(())
@@ -147,10 +160,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         default_sink: SinkSpec::Pty,
         log_dir: Some(logs),
         discover_primaries: true,
+        primary_sink: Some(SinkSpec::Pty),
         ..ConsoleOptions::default()
     };
     let plat = Arc::new(EmuPlatform::connect(emu.paths().xen())?);
-    let backend = Arc::new(ConsoleBackend::spawn(Client::connect_unix(emu.paths().xenstored())?, plat, opts)?);
+    let backend = Arc::new(ConsoleBackend::spawn(
+        Client::connect_unix(emu.paths().xenstored())?,
+        plat,
+        opts,
+    )?);
     let control_path = args.dir.join("control");
     control::serve(&control_path, backend.clone())?;
 
@@ -160,21 +178,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let name = format!("guest{i}");
         let d = emu.create_domain(&name, 16).map_err(anyhow::Error::msg)?;
         let p = spawn_guest(emu.paths(), d, &name)?;
-        guests.lock().unwrap_or_else(|p| p.into_inner()).insert(d, p);
+        guests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d, p);
         booted.push((d, name));
     }
     adopt_new_domains(emu.clone(), guests.clone())?;
 
     let store = Client::connect_unix(emu.paths().xenstored())?;
-    println!("xen-console is up on an emulated Xen in {}", args.dir.display());
+    println!(
+        "xen-console is up on an emulated Xen in {}",
+        args.dir.display()
+    );
     print_table(&store, &backend, &booted);
     let xs = emu.paths().xenstored();
     println!();
     println!("Reach a console:      xen-console attach <domid>        (Ctrl-] leaves)");
-    println!("Xen's own tools:      export XENSTORED_PATH={}", xs.display());
+    println!(
+        "Xen's own tools:      export XENSTORED_PATH={}",
+        xs.display()
+    );
     println!("                      xenstore-ls /local/domain/1; /usr/lib/xen-4.17/bin/xenconsole --type pv 1");
     println!("More domains:         xen-console domain create <name>  |  domain list  |  domain destroy <domid>");
-    println!("Consoles:             xen-console ctl --control {} list", control_path.display());
+    println!(
+        "Consoles:             xen-console ctl --control {} list",
+        control_path.display()
+    );
     println!();
     println!("Running; Ctrl-C stops everything.");
     let _ = std::io::stdout().flush();
