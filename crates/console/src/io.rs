@@ -51,6 +51,14 @@ pub struct Interest {
 /// keeps a little more in flight.
 const CHUNK: usize = 4096;
 
+/// Most bytes moved each way per wakeup. A guest on another vCPU can refill
+/// `out` as fast as we drain it (and a sink peer can type as fast as the
+/// guest reads), so a drain that ran until the ring stayed empty could hold
+/// the loop, and every other console, for ever. Output cut short here is
+/// picked up again by the reactor ([`ConsoleIo::has_more`]); input left in
+/// the sink keeps its descriptor readable.
+const BUDGET: usize = 32 * CHUNK;
+
 pub struct ConsoleIo {
     pub id: ConsoleId,
     ring: ConsoleRing,
@@ -67,6 +75,8 @@ pub struct ConsoleIo {
     /// `in` was full at the last look: the sink is not read until the
     /// guest consumes.
     in_full: bool,
+    /// The last drain stopped at [`BUDGET`] with output still in the ring.
+    more: bool,
     /// The guest log, written before output is consumed from the ring.
     log: Option<GuestLog>,
     log_failed: bool,
@@ -95,6 +105,7 @@ impl ConsoleIo {
             backlog_since: None,
             sink_full: false,
             in_full: false,
+            more: false,
             log: None,
             log_failed: false,
             scratch: vec![0; CHUNK],
@@ -127,7 +138,21 @@ impl ConsoleIo {
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        if let Err(e) = log.write(&self.scratch[..n]) {
+        // Where the ring's consumer index will be once this chunk is
+        // consumed: recorded before consuming, for crash recovery.
+        let out_cons = self
+            .ring
+            .pages()
+            .load_u32(
+                crate::ring::OUT_CONS_OFFSET,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .unwrap_or(0);
+        let n32 = u32::try_from(n).unwrap_or(0);
+        let result = log
+            .write(&self.scratch[..n])
+            .and_then(|()| log.commit(out_cons.wrapping_add(n32)));
+        if let Err(e) = result {
             if !self.log_failed {
                 self.log_failed = true;
                 tracing::warn!(console = %self.id, path = %log.path().display(), error = %e, "writing the guest log failed; output still goes to the sink");
@@ -190,13 +215,35 @@ impl ConsoleIo {
         }
     }
 
-    /// Moves guest output from the ring through the buffer to the sink.
+    /// How much of the ring the buffer can take now.
+    fn room(&self) -> usize {
+        match self.out.overflow() {
+            Overflow::Keep => self.out.space().min(CHUNK),
+            Overflow::Discard => CHUNK,
+        }
+    }
+
+    /// The last drain was cut short at its budget: drain again (without
+    /// waiting for an event, which may never come) once others are served.
+    pub fn has_more(&self) -> bool {
+        self.more
+    }
+
+    /// Moves guest output from the ring through the buffer to the sink, at
+    /// most [`BUDGET`] bytes of it.
     pub fn drain(&mut self) {
+        self.more = false;
+        let mut moved = 0;
         loop {
-            let room = match self.out.overflow() {
-                Overflow::Keep => self.out.space().min(CHUNK),
-                Overflow::Discard => CHUNK,
-            };
+            if moved >= BUDGET {
+                self.more = self.ring.out_pending().is_ok_and(|n| n > 0);
+                break;
+            }
+            let mut room = self.room();
+            // `keep` with a full buffer: make room by writing to the sink.
+            if room == 0 && self.flush() {
+                room = self.room();
+            }
             if room == 0 {
                 break;
             }
@@ -226,6 +273,7 @@ impl ConsoleIo {
                 self.bad_indices(&e);
                 break;
             }
+            moved += n;
             self.notify();
         }
         self.flush();
@@ -263,8 +311,9 @@ impl ConsoleIo {
         }
     }
 
-    /// Writes buffered output to the sink until it is empty or would block.
-    pub fn flush(&mut self) {
+    /// Writes buffered output to the sink until it is empty or would block;
+    /// true if the sink took anything.
+    pub fn flush(&mut self) -> bool {
         let mut freed = false;
         while !self.out.is_empty() {
             match self.sink.write(self.out.front()) {
@@ -287,11 +336,13 @@ impl ConsoleIo {
                 }
             }
         }
-        // With `keep`, room in the buffer means the ring can move again.
-        if freed
-            && self.out.overflow() == Overflow::Keep
-            && self.ring.out_pending().unwrap_or(0) > 0
-        {
+        freed
+    }
+
+    /// Flushes; with `keep`, room made in the buffer lets the ring move
+    /// again (the guest may be waiting for it and will not signal).
+    fn flush_and_resume(&mut self) {
+        if self.flush() && self.out.overflow() == Overflow::Keep {
             self.drain();
         }
     }
@@ -314,18 +365,16 @@ impl ConsoleIo {
     /// The sink became writable.
     pub fn on_sink_writable(&mut self) {
         self.sink_full = false;
-        self.flush();
+        self.flush_and_resume();
     }
 
     /// The sink has input (or its peer hung up).
     pub fn on_sink_readable(&mut self) {
-        loop {
+        let mut moved = 0;
+        while moved < BUDGET {
             let free = match self.ring.in_free() {
                 Ok(f) => f,
-                Err(e) => {
-                    self.bad_indices(&e);
-                    return;
-                }
+                Err(e) => return self.bad_in_ring(&e),
             };
             if free == 0 {
                 self.in_full = true;
@@ -335,6 +384,7 @@ impl ConsoleIo {
             match self.sink.read(&mut self.scratch[..want]) {
                 Ok(0) => return self.enter_backlog(&std::io::ErrorKind::NotConnected.into()),
                 Ok(n) => {
+                    moved += n;
                     match self.ring.write_in(&self.scratch[..n]) {
                         Ok(w) => {
                             self.counters.add_bytes_in(w);
@@ -343,7 +393,7 @@ impl ConsoleIo {
                                 tracing::warn!(console = %self.id, lost = n - w, "input did not fit the ring");
                             }
                         }
-                        Err(e) => return self.bad_indices(&e),
+                        Err(e) => return self.bad_in_ring(&e),
                     }
                     self.notify();
                 }
@@ -354,10 +404,17 @@ impl ConsoleIo {
         }
     }
 
+    /// `in` cannot be written: stop reading the sink (it would stay
+    /// readable and wake the loop for ever) until the guest signals.
+    fn bad_in_ring(&mut self, e: &RingError) {
+        self.bad_indices(e);
+        self.in_full = true;
+    }
+
     /// A peer is waiting on a server sink.
     pub fn on_listen(&mut self) {
         match self.sink.accept() {
-            Ok(()) => self.flush(),
+            Ok(()) => self.flush_and_resume(),
             Err(e) => tracing::debug!(console = %self.id, error = %e, "accept failed"),
         }
     }
@@ -365,5 +422,214 @@ impl ConsoleIo {
     /// Bytes held for the sink.
     pub fn buffered(&self) -> usize {
         self.out.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use platform::emu::{EmuGuest, EmuPlatform, Emulator};
+    use platform::{DomId, GuestPlatform, Platform};
+
+    use crate::reactor::Reactor;
+    use crate::ring::{FrontendRing, IN_CONS_OFFSET, IN_PROD_OFFSET, OUT_SIZE};
+    use crate::sink::null::NullSink;
+    use crate::sink::SinkSpec;
+
+    /// The event channel of a guest that writes again the moment it is told
+    /// there is room in `out` (another vCPU in a tight loop), until it has
+    /// written `left` more bytes. Nothing ever signals its fd.
+    struct EagerGuest {
+        fd: OwnedFd,
+        ring: FrontendRing,
+        left: AtomicUsize,
+    }
+
+    impl EagerGuest {
+        fn refill(&self) {
+            let left = self.left.load(Ordering::Relaxed);
+            let n = self
+                .ring
+                .write_out(&[b'x'; OUT_SIZE][..left.min(OUT_SIZE)])
+                .unwrap();
+            self.left.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    impl AsFd for EagerGuest {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+    }
+
+    impl EventChannels for EagerGuest {
+        fn bind_interdomain(&mut self, _: DomId, p: EvtchnPort) -> platform::Result<EvtchnPort> {
+            Ok(p)
+        }
+        fn alloc_unbound(&mut self, _: DomId) -> platform::Result<EvtchnPort> {
+            Ok(EvtchnPort(1))
+        }
+        fn unbind(&mut self, _: EvtchnPort) -> platform::Result<()> {
+            Ok(())
+        }
+        fn notify(&self, _: EvtchnPort) -> platform::Result<()> {
+            self.refill();
+            Ok(())
+        }
+        fn pending(&mut self, _: &mut Vec<EvtchnPort>) -> platform::Result<()> {
+            Ok(())
+        }
+        fn unmask(&mut self, _: EvtchnPort) -> platform::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A sink someone keeps typing into.
+    struct Typist(SinkSpec);
+
+    impl Sink for Typist {
+        fn spec(&self) -> &SinkSpec {
+            &self.0
+        }
+        fn io_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn accept(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            Ok(data.len())
+        }
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(b'k');
+            Ok(buf.len())
+        }
+        fn connected(&self) -> bool {
+            true
+        }
+        fn accepts_input(&self) -> bool {
+            true
+        }
+        fn tty(&self) -> Option<PathBuf> {
+            None
+        }
+        fn reopen(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A console page mapped by an emulated guest (twice: one view for the
+    /// eager writer, one for the test) and foreign-mapped by dom0.
+    struct Fixture {
+        backend: Option<ConsoleRing>,
+        eager: Option<FrontendRing>,
+        guest: FrontendRing,
+        _clients: (EmuGuest, EmuPlatform),
+        _emu: Emulator,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let emu = Emulator::start(dir.path().join("run")).unwrap();
+        let d = emu.create_domain("io", 1).unwrap();
+        let guest = EmuGuest::connect(emu.paths().xen_domain(d)).unwrap();
+        let gfn = guest.start_info().unwrap().console_gfn;
+        let eager = FrontendRing::new(guest.map_own_page(gfn).unwrap()).unwrap();
+        let view = FrontendRing::new(guest.map_own_page(gfn).unwrap()).unwrap();
+        let dom0 = EmuPlatform::connect(emu.paths().xen()).unwrap();
+        let page = dom0.foreign_mapper().map_foreign(d, &[gfn], true).unwrap();
+        Fixture {
+            backend: Some(ConsoleRing::new(page).unwrap()),
+            eager: Some(eager),
+            guest: view,
+            _clients: (guest, dom0),
+            _emu: emu,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        /// A console whose guest keeps refilling `out` until it has
+        /// written `total` bytes (the first ring-full is there already).
+        fn eager_console(&mut self, total: usize, sink: Box<dyn Sink>) -> ConsoleIo {
+            let evtchn = EagerGuest {
+                fd: rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap(),
+                ring: self.eager.take().unwrap(),
+                left: AtomicUsize::new(total),
+            };
+            evtchn.refill();
+            ConsoleIo::new(
+                ConsoleId {
+                    domid: DomId(1),
+                    devid: 0,
+                },
+                self.backend.take().unwrap(),
+                Box::new(evtchn),
+                EvtchnPort(1),
+                OutputBuffer::new(crate::device::DEFAULT_LIMIT, Overflow::Discard),
+                sink,
+                ConsoleCounters::shared(),
+            )
+        }
+    }
+
+    const FLOOD: usize = 8 << 20;
+
+    #[test]
+    fn a_guest_that_refills_its_ring_at_once_cannot_hold_the_loop() {
+        let mut f = fixture();
+        let mut io = f.eager_console(FLOOD, Box::new(NullSink::new()));
+
+        io.drain();
+
+        let moved = io.counters().snapshot().bytes_out;
+        assert!(moved < 1 << 20, "one wakeup drained {moved} bytes");
+    }
+
+    #[test]
+    fn the_reactor_comes_back_to_a_console_whose_drain_was_cut_short() {
+        let mut f = fixture();
+        let io = f.eager_console(FLOOD, Box::new(NullSink::new()));
+        let counters = io.counters().clone();
+        let mut reactor = Reactor::new().unwrap();
+        reactor.add(io).unwrap();
+
+        // No event ever comes from this guest's event channel: only the
+        // reactor can finish the job.
+        for _ in 0..10_000 {
+            if counters.snapshot().bytes_out == FLOOD as u64 {
+                break;
+            }
+            reactor.poll(Some(Duration::ZERO)).unwrap();
+        }
+
+        assert_eq!(counters.snapshot().bytes_out, FLOOD as u64);
+    }
+
+    #[test]
+    fn corrupt_in_indices_stop_the_sink_being_watched_until_the_guest_signals() {
+        let mut f = fixture();
+        let typist = Box::new(Typist(SinkSpec::Null));
+        let mut io = f.eager_console(0, typist);
+        let raw = f.guest.pages();
+        raw.store_u32(IN_CONS_OFFSET, 0, Ordering::Release).unwrap();
+        raw.store_u32(IN_PROD_OFFSET, 5000, Ordering::Release)
+            .unwrap();
+
+        io.on_sink_readable();
+
+        // Still watching a readable sink would wake the loop for ever.
+        assert!(!io.interest().sink_read);
+        io.on_event();
+        assert!(io.interest().sink_read);
     }
 }

@@ -61,6 +61,9 @@ pub struct Reactor {
     epoll: OwnedFd,
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Consoles whose drain stopped at its budget ([`ConsoleIo::has_more`]):
+    /// served again on the next poll, after whatever else is ready.
+    again: Vec<ConsoleHandle>,
 }
 
 fn token(h: ConsoleHandle, kind: u64) -> epoll::EventData {
@@ -84,6 +87,7 @@ impl Reactor {
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             slots: Vec::new(),
             free: Vec::new(),
+            again: Vec::new(),
         })
     }
 
@@ -191,6 +195,13 @@ impl Reactor {
         // Allocated per wait: epoll's event type holds a pointer and so
         // cannot live in a reactor that moves to its thread.
         let mut buf: Vec<epoll::Event> = Vec::with_capacity(256);
+        let again = std::mem::take(&mut self.again);
+        // Work is waiting already: only look at what else is ready.
+        let timeout = if again.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         let ts = timeout.map(|d| rustix::time::Timespec {
             tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             tv_nsec: i64::from(d.subsec_nanos()),
@@ -201,8 +212,14 @@ impl Reactor {
             ts.as_ref(),
         ) {
             Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+            Err(rustix::io::Errno::INTR) => {
+                self.again = again;
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                self.again = again;
+                return Err(e.into());
+            }
         }
         let events: Vec<(u64, epoll::EventFlags)> =
             buf.iter().map(|e| (e.data.u64(), e.flags)).collect();
@@ -240,6 +257,16 @@ impl Reactor {
             self.resync(h);
             ready.push(Ready::Console(h));
         }
+        for h in again {
+            let Some(io) = self.get_mut(h) else {
+                continue; // went away meanwhile
+            };
+            if io.has_more() {
+                io.drain();
+            }
+            self.resync(h);
+            ready.push(Ready::Console(h));
+        }
         Ok(ready)
     }
 
@@ -253,6 +280,9 @@ impl Reactor {
         };
         if s.generation != h.generation {
             return;
+        }
+        if io.has_more() && !self.again.contains(&h) {
+            self.again.push(h);
         }
         let want: Interest = io.interest();
         let ev_flags = flags_for(want.evtchn, false);
