@@ -188,8 +188,9 @@ fn output_spec(
     }
 }
 
-/// Publishes a pty's path in `tty`, creating the node read-only to the
-/// guest if it is not there.
+/// Publishes a pty's path in `tty`, read-only to the guest: created so, or
+/// taken over if the guest could write it (`xl console` opens whatever path
+/// it names, as root).
 fn publish_tty(
     store: &Client,
     id: ConsoleId,
@@ -207,9 +208,13 @@ fn publish_tty(
     .map_err(|e| fail(e.to_string()))?;
     store
         .transaction(|tx| {
-            let exists = tx.exists(&path)?;
+            let guest_may_write = !tx.exists(&path)?
+                || tx
+                    .get_perms(&path)?
+                    .access_for(id.domid.0, None)
+                    .can_write();
             tx.write(&path, tty.to_string_lossy().as_bytes())?;
-            if !exists {
+            if guest_may_write {
                 tx.set_perms(&path, &ro)?;
             }
             Ok::<(), xenstore::client::Error>(())
@@ -217,10 +222,16 @@ fn publish_tty(
         .map_err(|e| fail(format!("writing {path}: {e}")))
 }
 
-fn limit(store: &Client, fe_path: &str) -> Result<usize, DeviceError> {
+/// The output buffer's bound: the toolstack's `limit`, never a guest's (a
+/// guest that could set it would choose how much of our memory it holds).
+fn limit(store: &Client, fe_path: &str, fe: DomId) -> Result<usize, DeviceError> {
     let path = format!("{fe_path}/limit");
     match read_opt(store, &path)? {
         None => Ok(DEFAULT_LIMIT),
+        Some(v) if guest_writable(store, &path, fe) => {
+            tracing::warn!(%path, limit = %v, "refusing a limit the guest can write");
+            Ok(DEFAULT_LIMIT)
+        }
         Some(v) => parse_strict::<usize>(&path, &v).map(|l| l.max(1)),
     }
 }
@@ -446,7 +457,7 @@ impl BackendDevice for ConsoleDevice {
         }
         let port = read_opt(store, &port_path)?.ok_or_else(|| fail("no port"))?;
         let port = EvtchnPort(parse_strict(&port_path, &port)?);
-        let limit = limit(store, fe)?;
+        let limit = limit(store, fe, self.id.domid)?;
         let page = self
             .platform
             .grant_mapper()
@@ -527,7 +538,7 @@ pub fn connect_primary(
     };
     let gfn = Gfn(parse_strict(&format!("{fe}/ring-ref"), &ring_ref)?);
     let port = EvtchnPort(parse_strict(&format!("{fe}/port"), &port)?);
-    let limit = limit(store, &fe)?;
+    let limit = limit(store, &fe, domid)?;
     let page = match platform
         .grant_mapper()
         .map_grant_refs(domid, &[GrantRef::CONSOLE], true)
@@ -577,5 +588,70 @@ mod tests {
         assert_eq!(log_file_name(None, id), "guest-domain-7.log");
         let second = ConsoleId { devid: 3, ..id };
         assert_eq!(log_file_name(Some("web"), second), "guest-web-console3.log");
+    }
+
+    const GUEST: DomId = DomId(7);
+    const FE: &str = "/local/domain/7/device/console/1";
+
+    /// A XenStore with domain 7 in it, and dom0's connection to it.
+    fn store() -> (tempfile::TempDir, xenstore::server::ServerHandle, Client) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = xenstore::server::ServerConfig::new(dir.path().join("socket"));
+        let server = xenstore::server::ServerHandle::spawn(config).unwrap();
+        server.domain_exists(GUEST.0).unwrap();
+        let store = Client::connect_unix(server.socket_path()).unwrap();
+        (dir, server, store)
+    }
+
+    /// A node as the guest could have made it in its own directory.
+    fn guest_node(store: &Client, path: &str, value: &str) {
+        store.write(path, value.as_bytes()).unwrap();
+        let owned = Perms::new(vec![Perm::new(Access::None, GUEST.0)]).unwrap();
+        store.set_perms(path, &owned).unwrap();
+    }
+
+    fn toolstack_node(store: &Client, path: &str, value: &str) {
+        store.write(path, value.as_bytes()).unwrap();
+        let ro = Perms::new(vec![
+            Perm::new(Access::None, 0),
+            Perm::new(Access::Read, GUEST.0),
+        ])
+        .unwrap();
+        store.set_perms(path, &ro).unwrap();
+    }
+
+    #[test]
+    fn a_limit_the_guest_can_write_is_not_honoured() {
+        let (_dir, _server, store) = store();
+        guest_node(&store, &format!("{FE}/limit"), "1000000000000");
+
+        assert_eq!(limit(&store, FE, GUEST).unwrap(), DEFAULT_LIMIT);
+    }
+
+    #[test]
+    fn a_limit_the_toolstack_wrote_read_only_is_honoured() {
+        let (_dir, _server, store) = store();
+        toolstack_node(&store, &format!("{FE}/limit"), "4096");
+
+        assert_eq!(limit(&store, FE, GUEST).unwrap(), 4096);
+    }
+
+    #[test]
+    fn a_tty_node_the_guest_made_is_taken_over_read_only() {
+        let (_dir, _server, store) = store();
+        let path = format!("{FE}/tty");
+        guest_node(&store, &path, "/dev/sda");
+        let pty = crate::sink::pty::PtySink::open().unwrap();
+        let id = ConsoleId {
+            domid: GUEST,
+            devid: 1,
+        };
+
+        publish_tty(&store, id, FE, &pty).unwrap();
+
+        let perms = store.get_perms(&path).unwrap();
+        assert!(!perms.access_for(GUEST.0, None).can_write(), "{perms:?}");
+        let tty = pty.tty().unwrap();
+        assert_eq!(store.read(&path).unwrap(), tty.to_string_lossy().as_bytes());
     }
 }
