@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_level = match &cli.command {
         Command::Daemon(a) if a.verbose => "debug",
-        Command::Up(_) | Command::Attach(_) | Command::Domain(_) => "warn",
+        Command::Up(_) | Command::Attach(_) | Command::Domain(_) | Command::Bench(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()

@@ -2,6 +2,7 @@
 //! it is measured against in the same run.
 
 mod console;
+mod daemon;
 mod evtchn;
 mod xenstore;
 
@@ -53,6 +54,16 @@ enum What {
         #[arg(long)]
         no_pin: bool,
     },
+    /// One daemon with 1, 100 and 1,000 consoles: discovery time, idle
+    /// wake-ups and CPU, memory per console, aggregate throughput.
+    Daemon {
+        /// Console counts to measure (comma-separated; include 1 for the per-console memory).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1, 100, 1000])]
+        consoles: Vec<usize>,
+        /// Seconds to watch the idle daemon.
+        #[arg(long, default_value_t = 5)]
+        idle_seconds: u64,
+    },
     /// The other process of `bench evtchn` (started by it).
     #[command(hide = true)]
     EvtchnPeer(evtchn::PeerArgs),
@@ -70,6 +81,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             no_pin,
         } => evtchn::run(round_trips, !no_pin),
         What::EvtchnPeer(a) => evtchn::peer(a),
+        What::Daemon {
+            consoles,
+            idle_seconds,
+        } => daemon::run(&consoles, idle_seconds),
         What::Console {
             megabytes,
             keystrokes,
