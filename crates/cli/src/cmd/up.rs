@@ -206,6 +206,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         control_path.display()
     );
     println!();
+    if let Some((d, name)) = booted.first() {
+        let log = args.dir.join("logs").join(format!("guest-{name}.log"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::metadata(&log).map_or(0, |m| m.len()) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("--- the console of domain {d} ({name}) so far ---");
+        println!("{}", String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).replace('\r', ""));
+        println!("--- (xen-console attach {d} to type into it) ---");
+        println!();
+    }
     println!("Running; Ctrl-C stops everything.");
     let _ = std::io::stdout().flush();
 
