@@ -480,3 +480,64 @@ fn consoles_with_two_digit_indices_are_served() {
     g.cmd("print 12 twelve");
     eventually("log", || file_has(&log, b"twelve\n"));
 }
+
+#[test]
+fn an_index_plugged_again_after_an_unplug_gets_its_new_sink() {
+    let w = world(opts(SinkSpec::Null));
+    let d = w.emu.create_domain("replug", 8).unwrap();
+    let mut g = w.guest(d);
+    let (first, second) = (w.path("first.log"), w.path("second.log"));
+    w.backend
+        .plug(d, Some(2), SinkSpec::File(first.clone()))
+        .unwrap();
+    g.wait_for(|l| l == "connected 2", "connected");
+    g.cmd("print 2 one");
+    eventually("first log", || file_has(&first, b"one\n"));
+    w.backend.unplug(d, 2).unwrap();
+    g.wait_for(|l| l == "closed 2", "closed");
+    let fe = format!("/local/domain/{d}/device/console/2");
+    eventually("nodes removed", || w.read(&fe).is_none());
+    g.seen.clear();
+
+    w.backend
+        .plug(d, Some(2), SinkSpec::File(second.clone()))
+        .unwrap();
+    g.wait_for(|l| l == "connected 2", "connected again");
+    g.cmd("print 2 two");
+
+    eventually("second log", || file_has(&second, b"two\n"));
+    assert!(file_has(&first, b"one\n"), "the old sink got new output");
+}
+
+#[test]
+fn a_frontend_that_resumes_with_a_new_ring_keeps_its_sink() {
+    let w = world(opts(SinkSpec::Null));
+    let d = w.emu.create_domain("resume", 8).unwrap();
+    let mut g = w.guest(d);
+    let sock = w.path("resume.sock");
+    let devid = w
+        .backend
+        .plug(d, None, SinkSpec::Unix(sock.clone()))
+        .unwrap();
+    g.wait_for(|l| *l == format!("connected {devid}"), "connected");
+    let mut client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    g.cmd(&format!("print {devid} before"));
+    let mut got = [0u8; 7];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"before\n");
+    g.seen.clear();
+    // A suspend comes long after the handshake. The backend must have seen
+    // the frontend Connected: an Initialised that follows one it missed
+    // looks like a stale event, not a resume.
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Linux xencons_resume: new page, new port, Initialised, no Closing.
+    g.cmd(&format!("resume {devid}"));
+    g.wait_for(|l| *l == format!("connected {devid}"), "resumed");
+    g.cmd(&format!("print {devid} after"));
+
+    let mut got = [0u8; 6];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"after\n");
+}

@@ -386,20 +386,38 @@ impl ConsoleBackend {
     fn apply_actions(&mut self) {
         let actions = std::mem::take(&mut lock(&self.shared).actions);
         for a in actions {
-            match a {
-                Action::Serve(io) => {
-                    let id = io.id;
-                    self.stop(id);
-                    match self.reactor.add(*io) {
-                        Ok(h) => {
-                            self.live.insert(id, h);
-                        }
-                        Err(e) => {
-                            tracing::warn!(console = %id, error = %e, "could not watch the console")
+            let io = match a {
+                Action::Serve(io) => io,
+                Action::Reconnect(mut io) => {
+                    self.stop(io.id);
+                    let sink = lock(&self.shared).parked.remove(&io.id);
+                    match sink {
+                        Some(s) => drop(io.replace_sink(s)),
+                        None => {
+                            tracing::warn!(console = %io.id, "no sink to reconnect; output is discarded")
                         }
                     }
+                    io
                 }
-                Action::Stop(id) => self.stop(id),
+                Action::Stop(id) => {
+                    self.stop(id);
+                    continue;
+                }
+                Action::Forget(id) => {
+                    self.stop(id);
+                    lock(&self.shared).parked.remove(&id);
+                    continue;
+                }
+            };
+            let id = io.id;
+            self.stop(id);
+            match self.reactor.add(*io) {
+                Ok(h) => {
+                    self.live.insert(id, h);
+                }
+                Err(e) => {
+                    tracing::warn!(console = %id, error = %e, "could not watch the console")
+                }
             }
         }
     }

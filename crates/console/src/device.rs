@@ -25,6 +25,7 @@ use crate::log::{GuestLog, LogStyle};
 use crate::metrics::ConsoleCounters;
 use crate::output_buffer::{OutputBuffer, Overflow};
 use crate::ring::ConsoleRing;
+use crate::sink::null::NullSink;
 use crate::sink::{self, Sink, SinkSpec};
 
 /// libxl's default `limit`, used when a console has none.
@@ -67,7 +68,15 @@ impl Default for ConsoleOptions {
 /// Work for the loop that owns the reactor, queued by device callbacks.
 pub enum Action {
     Serve(Box<ConsoleIo>),
+    /// A frontend connected again (after closing, or resuming with a new
+    /// ring without closing): serve the new ring with the sink the console
+    /// has, live or parked, once its old ring is stopped. The `ConsoleIo`
+    /// holds a stand-in sink until then.
+    Reconnect(Box<ConsoleIo>),
+    /// Stop serving; park the sink for a reconnect.
     Stop(ConsoleId),
+    /// The device is gone: stop serving and drop the sink.
+    Forget(ConsoleId),
 }
 
 /// State shared by the device callbacks and the loop.
@@ -326,13 +335,16 @@ fn recover_log(log: &mut GuestLog, link: &Link) {
     }
 }
 
+/// Binds the port and queues the console for the loop. `sink` is taken only
+/// once nothing can fail any more; `None` means the console has its sink
+/// already (a reconnect), and the loop hands it over.
 fn serve(
     shared: &SharedRef,
     platform: &dyn Platform,
     store: &Client,
     link: Link,
     limit: usize,
-    sink: Box<dyn Sink>,
+    sink: &mut Option<Box<dyn Sink>>,
     opts: &ConsoleOptions,
 ) -> Result<(), DeviceError> {
     let mut evtchn = platform
@@ -355,6 +367,10 @@ fn serve(
         recover_log(&mut log, &link);
         log
     });
+    let (sink, reconnect) = match sink.take() {
+        Some(s) => (s, false),
+        None => (Box::new(NullSink::new()) as Box<dyn Sink>, true),
+    };
     let mut io = ConsoleIo::new(
         link.id,
         link.ring,
@@ -368,7 +384,12 @@ fn serve(
         io = io.with_log(log);
     }
     tracing::info!(console = %link.id, idx = link.id.devid, ring_ref = link.ring_ref, port = %link.port, limit, "xen_console_connect");
-    lock(shared).actions.push(Action::Serve(Box::new(io)));
+    let action = if reconnect {
+        Action::Reconnect(Box::new(io))
+    } else {
+        Action::Serve(Box::new(io))
+    };
+    lock(shared).actions.push(action);
     Ok(())
 }
 
@@ -423,7 +444,8 @@ pub struct ConsoleDevice {
     platform: Arc<dyn Platform>,
     shared: SharedRef,
     opts: ConsoleOptions,
-    /// The sink between realize and connect.
+    /// The sink between realize and the first connect; the loop has it
+    /// after that (live, or parked while disconnected).
     sink: Option<Box<dyn Sink>>,
     connected: bool,
 }
@@ -464,10 +486,6 @@ impl BackendDevice for ConsoleDevice {
             .map_grant_refs(self.id.domid, &[gref], true)
             .map_err(|e| fail(format!("mapping grant {gref}: {e}")))?;
         let ring = ConsoleRing::new(page).map_err(|e| fail(e.to_string()))?;
-        let sink = match self.sink.take() {
-            Some(s) => s,
-            None => take_sink(&self.shared, store, self.id, fe, &self.opts)?,
-        };
         let link = Link {
             id: self.id,
             ring,
@@ -481,7 +499,7 @@ impl BackendDevice for ConsoleDevice {
             store,
             link,
             limit,
-            sink,
+            &mut self.sink,
             &self.opts,
         )?;
         self.connected = true;
@@ -501,7 +519,8 @@ impl BackendDevice for ConsoleDevice {
         self.disconnect(_info);
         self.sink = None;
         let mut s = lock(&self.shared);
-        s.parked.remove(&self.id);
+        // After the disconnect's Stop, which parks the sink.
+        s.actions.push(Action::Forget(self.id));
         s.counters.remove(&self.id);
     }
 }
@@ -562,7 +581,14 @@ pub fn connect_primary(
         port,
         mark_connected: true,
     };
-    serve(shared, platform, store, link, limit, sink, opts)?;
+    let mut sink = Some(sink);
+    if let Err(e) = serve(shared, platform, store, link, limit, &mut sink, opts) {
+        // Parked again: the next attempt keeps the pty it published.
+        if let Some(s) = sink {
+            lock(shared).parked.insert(id, s);
+        }
+        return Err(e);
+    }
     Ok(Some(PrimaryLink {
         ring_ref: gfn,
         port,

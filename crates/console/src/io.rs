@@ -183,6 +183,12 @@ impl ConsoleIo {
         self.sink
     }
 
+    /// Puts `sink` in place of the current one, which it returns (a
+    /// reconnect hands the console's sink to its new ring).
+    pub fn replace_sink(&mut self, sink: Box<dyn Sink>) -> Box<dyn Sink> {
+        std::mem::replace(&mut self.sink, sink)
+    }
+
     pub fn interest(&self) -> Interest {
         let keep_full = self.out.overflow() == Overflow::Keep && self.out.space() == 0;
         Interest {

@@ -12,7 +12,7 @@
 //! * Writes loop until everything is in the ring, waiting for the backend
 //!   between chunks; input is echoed back.
 //! * It can misbehave on purpose: corrupt indices, flood, close and
-//!   reconnect, die mid-write.
+//!   reconnect, resume with a new ring and port, die mid-write.
 //!
 //! [`Guest::run`] reads one command per line and answers with `@` lines,
 //! which is how tests and `xen-console up` drive it.
@@ -263,6 +263,21 @@ impl Guest {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let backend = read_str(&self.store, &format!("{fe}/backend")).unwrap_or_default();
+        let mut f = self.offer_ring(devid, DomId(backend_id))?;
+        if !backend.is_empty() {
+            let path = format!("{backend}/state");
+            self.store
+                .watch(&path, format!("backend-{devid}").as_bytes())?;
+            f.backend_state_path = Some(path);
+        }
+        self.fronts.insert(devid, f);
+        Ok(())
+    }
+
+    /// Grants a fresh page and allocates a port for the backend, writes
+    /// `ring-ref` and `port` and says Initialised, in one transaction.
+    fn offer_ring(&mut self, devid: u32, backend_id: DomId) -> Result<Frontend> {
+        let fe = format!("device/console/{devid}");
         let gfn = self
             .free_gfns
             .pop()
@@ -274,20 +289,53 @@ impl Guest {
                 .map_err(platform::Error::from)?;
         }
         let ring = FrontendRing::new(page)?;
-        let gref = self.plat.grant_access(DomId(backend_id), gfn, false)?;
-        let port = self.evt.alloc_unbound(DomId(backend_id))?;
+        let gref = self.plat.grant_access(backend_id, gfn, false)?;
+        let port = self.evt.alloc_unbound(backend_id)?;
         self.store.transaction(|tx| {
             tx.write(&format!("{fe}/ring-ref"), gref.to_string().as_bytes())?;
             tx.write(&format!("{fe}/port"), port.to_string().as_bytes())?;
             tx.write(&format!("{fe}/state"), b"3")
         })?;
-        let mut f = Frontend::new(devid, ring, port, Some((gref, gfn)));
-        if !backend.is_empty() {
-            let path = format!("{backend}/state");
-            self.store
-                .watch(&path, format!("backend-{devid}").as_bytes())?;
-            f.backend_state_path = Some(path);
+        Ok(Frontend::new(devid, ring, port, Some((gref, gfn))))
+    }
+
+    /// What Linux `xencons_resume` does when the device outlived a suspend:
+    /// drops the old ring and port, offers a new page and port and says
+    /// Initialised again, without closing first.
+    fn resume(&mut self, devid: u32) -> Result<()> {
+        if devid == 0 {
+            return Err(GuestError::Usage(
+                "the primary console has no handshake".into(),
+            ));
         }
+        let old = self
+            .fronts
+            .remove(&devid)
+            .ok_or_else(|| GuestError::Usage(format!("no console {devid}")))?;
+        let fe = format!("device/console/{devid}");
+        let backend_id: u16 = read_str(&self.store, &format!("{fe}/backend-id"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let Frontend {
+            port,
+            grant,
+            pending,
+            received,
+            backend_state_path,
+            backend_seen_ready,
+            ..
+        } = old;
+        let _ = self.evt.unbind(port);
+        if let Some((gref, gfn)) = grant {
+            if self.plat.end_access(gref).is_ok() {
+                self.free_gfns.push(gfn);
+            }
+        }
+        let mut f = self.offer_ring(devid, DomId(backend_id))?;
+        f.pending = pending;
+        f.received = received;
+        f.backend_state_path = backend_state_path;
+        f.backend_seen_ready = backend_seen_ready;
         self.fronts.insert(devid, f);
         Ok(())
     }
@@ -468,6 +516,7 @@ impl Guest {
             }
             Some("bad-indices") => self.corrupt(devid(1)?)?,
             Some("reconnect") => self.reconnect(devid(1)?)?,
+            Some("resume") => self.resume(devid(1)?)?,
             Some("die") => std::process::exit(3),
             Some(other) => return Err(GuestError::Usage(format!("unknown command {other:?}"))),
             None => {}
