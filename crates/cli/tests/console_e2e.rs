@@ -541,3 +541,42 @@ fn a_frontend_that_resumes_with_a_new_ring_keeps_its_sink() {
     client.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"after\n");
 }
+
+#[test]
+fn a_backend_started_after_another_stopped_serves_the_toolstack_consoles_again() {
+    let o = opts(SinkSpec::Null);
+    let World {
+        dir,
+        emu,
+        backend,
+        store: _store,
+    } = world(o.clone());
+    let d = emu.create_domain("restart", 8).unwrap();
+    let mut g = Guest::spawn(&emu.paths().xen_domain(d), &emu.paths().xenstore_domain(d));
+    let log = dir.path().join("restart.log");
+    let spec = ConsoleSpec {
+        devid: 1,
+        kind: "xenconsoled".into(),
+        output: Some(format!("file:{}", log.display())),
+        name: None,
+    };
+    emu.add_console(d, &spec).unwrap();
+    g.wait_for(|l| l == "connected 1", "connected");
+    g.cmd("print 1 before");
+    eventually("before", || file_has(&log, b"before\n"));
+
+    backend.stop();
+    let store = Client::connect_unix(emu.paths().xenstored()).unwrap();
+    let plat = Arc::new(EmuPlatform::connect(emu.paths().xen()).unwrap());
+    let backend = ConsoleBackend::spawn(store, plat, o).unwrap();
+    eventually("served again", || {
+        backend
+            .list()
+            .unwrap()
+            .iter()
+            .any(|c| c.id.domid == d && c.id.devid == 1 && c.connected)
+    });
+    g.cmd("print 1 after");
+
+    eventually("after", || file_has(&log, b"before\nafter\n"));
+}

@@ -448,6 +448,11 @@ impl ConsoleBackend {
     }
 
     fn shutdown(&mut self) {
+        // The bus leaves its devices for the next backend: a toolstack's
+        // back at Initialising (or it would never be served again), ours
+        // removed.
+        self.bus.shutdown();
+        self.apply_actions();
         let ids: Vec<ConsoleId> = self.live.keys().copied().collect();
         for id in ids {
             self.stop(id);
