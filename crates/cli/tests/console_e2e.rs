@@ -580,3 +580,20 @@ fn a_backend_started_after_another_stopped_serves_the_toolstack_consoles_again()
 
     eventually("after", || file_has(&log, b"before\nafter\n"));
 }
+
+#[test]
+fn the_backend_stops_instead_of_spinning_when_xenstore_goes_away() {
+    let World {
+        dir: _dir,
+        emu,
+        backend,
+        store,
+    } = world(opts(SinkSpec::Null));
+    drop(store);
+
+    drop(emu);
+
+    // A loop still polling a closed XenStore connection would keep
+    // answering (and burn a CPU).
+    eventually("backend stopped", || backend.list().is_err());
+}

@@ -157,7 +157,11 @@ impl ConsoleBackend {
             };
             for r in ready {
                 match r {
-                    Ready::External(TOKEN_WATCH) => self.on_watch(),
+                    // A closed connection stays readable: polling on would spin.
+                    Ready::External(TOKEN_WATCH) if !self.on_watch() => {
+                        self.shutdown();
+                        return;
+                    }
                     Ready::External(TOKEN_WAKE) if !self.on_commands() => {
                         self.shutdown();
                         return;
@@ -169,14 +173,15 @@ impl ConsoleBackend {
         }
     }
 
-    fn on_watch(&mut self) {
+    /// Handles fired watches; false if the XenStore connection is gone.
+    fn on_watch(&mut self) -> bool {
         loop {
             match self.events.try_recv() {
                 Ok(Some(ev)) => self.on_event(&ev),
-                Ok(None) => return,
+                Ok(None) => return true,
                 Err(e) => {
-                    tracing::error!(error = %e, "XenStore connection lost");
-                    return;
+                    tracing::error!(error = %e, "XenStore connection lost; the console backend stops");
+                    return false;
                 }
             }
             self.apply_actions();
