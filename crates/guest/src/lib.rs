@@ -397,14 +397,36 @@ impl Guest {
     }
 
     /// Closes a secondary console from the guest side, then probes it again
-    /// as a fresh frontend (what a guest resume does).
+    /// as a fresh frontend, stepping as Linux `xenbus_reset_frontend` does:
+    /// each state waits for the backend to follow. (Without the waits the
+    /// whole cycle can end, at Connected again, before the backend looks,
+    /// and it goes on serving the old ring.)
     fn reconnect(&mut self, devid: u32) -> Result<()> {
         let fe = format!("device/console/{devid}");
+        let backend = self.front(devid)?.backend_state_path.clone();
         self.store.write(&format!("{fe}/state"), b"5")?;
+        self.wait_for_backend(backend.as_deref(), &["5", "6"]);
         self.detach(devid)?;
         self.store.write(&format!("{fe}/state"), b"6")?;
+        self.wait_for_backend(backend.as_deref(), &["6"]);
         self.store.write(&format!("{fe}/state"), b"1")?;
+        self.wait_for_backend(backend.as_deref(), &["2"]);
         Ok(())
+    }
+
+    /// Up to 5 s, like Linux's `xenbus_reset_wait_for_backend`, then goes
+    /// on regardless.
+    fn wait_for_backend(&self, state_path: Option<&str>, want: &[&str]) {
+        let Some(path) = state_path else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if read_str(&self.store, path).is_some_and(|s| want.contains(&s.as_str())) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Writes corrupt indices into a console's ring.
