@@ -883,3 +883,18 @@ fn identical_queued_events_are_sent_once() {
     assert_eq!(reply, show(&(MsgType::Write as u32, b"OK\0".to_vec())));
     assert_eq!(events, vec![("/a/b".to_owned(), "t1".to_owned())]);
 }
+
+/// §1: SET_PERMS needs WRITE|OWNER in one `get_node`; a non-owner's
+/// refusal goes through `errno_from_parents`, so a transaction touches the
+/// parent and conflicts with a change to it.
+#[test]
+fn refused_set_perms_touches_the_parent_in_a_transaction() {
+    let (reply, _) = replay(&[
+        (0, 0, Op::SetPerms("/tool".into(), vec![('w', 0)])),
+        (2, 0, Op::Start),
+        (2, 1, Op::SetPerms("/tool".into(), vec![('n', 0)])), // EACCES: not the owner
+        (0, 0, w("/", "changed")),
+        (2, 1, Op::End(true)),
+    ]);
+    assert_eq!(reply, show(&(MsgType::Error as u32, b"EAGAIN\0".to_vec())));
+}

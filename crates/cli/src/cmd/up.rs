@@ -213,7 +213,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         println!("--- the console of domain {d} ({name}) so far ---");
-        println!("{}", String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).replace('\r', ""));
+        println!(
+            "{}",
+            String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).replace('\r', "")
+        );
         println!("--- (xen-console attach {d} to type into it) ---");
         println!();
     }

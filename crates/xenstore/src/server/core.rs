@@ -927,6 +927,9 @@ impl Ctx<'_> {
         }
         let mut node = self.get_node(&p, Want::Write)?.clone();
         if !self.caller.owns(&node.perms) {
+            // C xenstored asks for WRITE|OWNER in one lookup, so a refusal
+            // consults the ancestors (and a transaction touches them).
+            self.hide(&p, XsErrno::Acces, Want::Write);
             return Err(XsErrno::Acces);
         }
         if !self.caller.privileged && perms.owner() != node.perms.owner() {
