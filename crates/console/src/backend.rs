@@ -74,6 +74,8 @@ pub struct BackendHandle {
     tx: mpsc::Sender<Command>,
     wake: OwnedFd,
     thread: Option<JoinHandle<()>>,
+    /// Fires when the loop has ended (told to, or XenStore went away).
+    ended: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 impl ConsoleBackend {
@@ -114,6 +116,7 @@ impl ConsoleBackend {
             tx,
             wake: wake.try_clone()?,
             thread: None,
+            ended: Mutex::new(None),
         };
         let backend = ConsoleBackend {
             store,
@@ -138,10 +141,15 @@ impl ConsoleBackend {
         opts: ConsoleOptions,
     ) -> std::io::Result<BackendHandle> {
         let (backend, mut handle) = ConsoleBackend::new(store, platform, opts)?;
+        let (ended_tx, ended_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("console-backend".into())
-            .spawn(move || backend.run())?;
+            .spawn(move || {
+                backend.run();
+                let _ = ended_tx.send(());
+            })?;
         handle.thread = Some(thread);
+        handle.ended = Mutex::new(Some(ended_rx));
         Ok(handle)
     }
 
@@ -507,6 +515,23 @@ impl BackendHandle {
     /// Stops the backend and waits for its thread.
     pub fn stop(mut self) {
         self.halt();
+    }
+
+    /// Asks the loop to stop, without waiting (usable through an `Arc`).
+    pub fn request_stop(&self) {
+        let _ = self.tx.send(Command::Stop);
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Blocks until the loop has ended: after [`request_stop`], or when the
+    /// XenStore connection is lost. Returns at once on a second call.
+    ///
+    /// [`request_stop`]: BackendHandle::request_stop
+    pub fn wait_ended(&self) {
+        let rx = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(rx) = rx {
+            let _ = rx.recv();
+        }
     }
 
     fn halt(&mut self) {

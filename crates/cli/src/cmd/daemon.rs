@@ -190,18 +190,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("control socket {}", args.control.display()))?;
     tracing::info!(control = %args.control.display(), "xen-console daemon running");
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
-    for sig in signals.forever() {
-        if sig == SIGHUP {
-            tracing::info!("SIGHUP: reopening guest logs");
-            if let Err(e) = backend.reopen_logs() {
-                tracing::warn!(error = %e, "reopening logs failed");
-            }
-            continue;
-        }
-        break;
+    let asked_to_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let backend = backend.clone();
+        let asked = asked_to_stop.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if sig == SIGHUP {
+                        tracing::info!("SIGHUP: reopening guest logs");
+                        if let Err(e) = backend.reopen_logs() {
+                            tracing::warn!(error = %e, "reopening logs failed");
+                        }
+                        continue;
+                    }
+                    asked.store(true, std::sync::atomic::Ordering::SeqCst);
+                    backend.request_stop();
+                    return;
+                }
+            })?;
     }
-    tracing::info!("stopping");
+    // Ends when a signal stops the loop, or when XenStore goes away (then,
+    // as xenconsoled, exit and let the service manager restart us).
+    backend.wait_ended();
     let _ = std::fs::remove_file(&args.control);
-    drop(backend);
+    if !asked_to_stop.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("the console backend stopped: the XenStore connection was lost");
+    }
+    tracing::info!("stopped");
     Ok(())
 }

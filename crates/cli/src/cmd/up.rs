@@ -233,7 +233,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("stopping");
     guests.lock().unwrap_or_else(|p| p.into_inner()).clear();
     let _ = std::fs::remove_file(&control_path);
-    drop(backend);
+    backend.request_stop();
+    backend.wait_ended();
     drop(emu);
     Ok(())
 }
