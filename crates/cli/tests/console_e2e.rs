@@ -597,3 +597,58 @@ fn the_backend_stops_instead_of_spinning_when_xenstore_goes_away() {
     // answering (and burn a CPU).
     eventually("backend stopped", || backend.list().is_err());
 }
+
+#[test]
+fn a_flooding_guest_is_throttled_while_its_neighbour_stays_fast() {
+    let mut o = opts(SinkSpec::Null);
+    o.rate_limit = Some(console::io::RateLimit {
+        bytes_per_sec: 200_000,
+        burst: 32 * 1024,
+    });
+    let w = world(o);
+    let flood = w.emu.create_domain("flood", 8).unwrap();
+    let calm = w.emu.create_domain("calm", 8).unwrap();
+    let (flood_log, calm_log) = (w.path("flood.log"), w.path("calm.log"));
+    w.backend
+        .serve_primary(flood, Some(SinkSpec::File(flood_log.clone())))
+        .unwrap();
+    w.backend
+        .serve_primary(calm, Some(SinkSpec::File(calm_log.clone())))
+        .unwrap();
+    let mut gf = w.guest(flood);
+    let mut gc = w.guest(calm);
+    eventually("connected", || {
+        gf.cmd("connected 0") == "1" && gc.cmd("connected 0") == "1"
+    });
+    let total: u64 = 600_000;
+    let start = Instant::now();
+    gf.cmd(&format!("flood 0 {total}"));
+    std::thread::sleep(Duration::from_millis(500));
+    // The neighbour's line gets through at once.
+    let t = Instant::now();
+    gc.cmd("print 0 still quick");
+    eventually("neighbour output", || file_has(&calm_log, b"still quick\n"));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "neighbour took {:?}",
+        t.elapsed()
+    );
+    // The flood takes about total / rate seconds, and nothing is lost.
+    eventually("flood done", || {
+        std::fs::metadata(&flood_log).map(|m| m.len()).unwrap_or(0) >= total
+    });
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(2000),
+        "not throttled: {took:?}"
+    );
+    let c = w
+        .backend
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id.domid == flood)
+        .unwrap();
+    assert!(c.counters.throttled_ns > 0);
+    assert_eq!(c.counters.dropped, 0);
+}

@@ -49,6 +49,8 @@ pub struct ConsoleOptions {
     /// The operator's sink for every discovered primary console; it wins
     /// over the toolstack's `output` node.
     pub primary_sink: Option<SinkSpec>,
+    /// Per-console limit on guest output.
+    pub rate_limit: Option<crate::io::RateLimit>,
 }
 
 impl Default for ConsoleOptions {
@@ -61,6 +63,7 @@ impl Default for ConsoleOptions {
             log_style: LogStyle::default(),
             discover_primaries: false,
             primary_sink: None,
+            rate_limit: None,
         }
     }
 }
@@ -382,6 +385,9 @@ fn serve(
     );
     if let Some(log) = log {
         io = io.with_log(log);
+    }
+    if let Some(limit) = opts.rate_limit {
+        io = io.with_rate_limit(limit);
     }
     tracing::info!(console = %link.id, idx = link.id.devid, ring_ref = link.ring_ref, port = %link.port, limit, "xen_console_connect");
     let action = if reconnect {

@@ -14,6 +14,7 @@
 //!   connects.
 //! * Bad ring indices are ignored and logged once per console.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,6 +46,90 @@ pub struct Interest {
     pub sink_read: bool,
     pub sink_write: bool,
     pub listen: bool,
+    /// Throttled: wait for the rate limiter's timer.
+    pub timer: bool,
+}
+
+/// A per-console limit on guest output, in bytes (not events: a guest that
+/// writes a byte at a time is not slowed down by it, unlike xenconsoled's
+/// event-count limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub bytes_per_sec: u64,
+    /// Bytes a quiet console may send at once.
+    pub burst: u64,
+}
+
+/// Token bucket, and the timer that ends a throttled spell. The timer
+/// exists only while the console is throttled.
+struct Bucket {
+    limit: RateLimit,
+    tokens: u64,
+    last: Instant,
+    timer: Option<OwnedFd>,
+    throttled_since: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit) -> Bucket {
+        let limit = RateLimit {
+            bytes_per_sec: limit.bytes_per_sec.max(1),
+            burst: limit.burst.max(1),
+        };
+        Bucket {
+            limit,
+            tokens: limit.burst,
+            last: Instant::now(),
+            timer: None,
+            throttled_since: None,
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let add = now.duration_since(self.last).as_nanos() * u128::from(self.limit.bytes_per_sec)
+            / 1_000_000_000;
+        if add > 0 {
+            self.tokens = self.limit.burst.min(
+                self.tokens
+                    .saturating_add(u64::try_from(add).unwrap_or(u64::MAX)),
+            );
+            self.last = now;
+        }
+    }
+
+    /// Arms the timer for when `want` bytes will be allowed.
+    fn throttle(&mut self, want: u64) -> std::io::Result<()> {
+        let missing = want
+            .min(self.limit.burst)
+            .saturating_sub(self.tokens)
+            .max(1);
+        let ns = u128::from(missing) * 1_000_000_000 / u128::from(self.limit.bytes_per_sec);
+        let ns = i64::try_from(ns.max(1_000_000)).unwrap_or(i64::MAX);
+        if self.timer.is_none() {
+            use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
+            self.timer = Some(timerfd_create(
+                TimerfdClockId::Monotonic,
+                TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+            )?);
+        }
+        if let Some(t) = &self.timer {
+            use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
+            let spec = Itimerspec {
+                it_interval: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: Timespec {
+                    tv_sec: ns / 1_000_000_000,
+                    tv_nsec: ns % 1_000_000_000,
+                },
+            };
+            timerfd_settime(t, TimerfdTimerFlags::empty(), &spec)?;
+        }
+        self.throttled_since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
 }
 
 /// Largest chunk moved per step; the `out` ring is 2 KiB, the sink read
@@ -77,6 +162,8 @@ pub struct ConsoleIo {
     in_full: bool,
     /// The last drain stopped at [`BUDGET`] with output still in the ring.
     more: bool,
+    /// The rate limiter, if the operator set one.
+    bucket: Option<Bucket>,
     /// The guest log, written before output is consumed from the ring.
     log: Option<GuestLog>,
     log_failed: bool,
@@ -106,10 +193,42 @@ impl ConsoleIo {
             sink_full: false,
             in_full: false,
             more: false,
+            bucket: None,
             log: None,
             log_failed: false,
             scratch: vec![0; CHUNK],
         }
+    }
+
+    /// Limits guest output to `limit`.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> ConsoleIo {
+        self.bucket = Some(Bucket::new(limit));
+        self
+    }
+
+    /// The rate limiter's timer, while the console is throttled.
+    pub fn timer_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.bucket.as_ref()?.timer.as_ref().map(|t| t.as_fd())
+    }
+
+    fn throttled(&self) -> bool {
+        self.bucket
+            .as_ref()
+            .is_some_and(|b| b.throttled_since.is_some())
+    }
+
+    /// The throttle timer fired: the guest may send again.
+    pub fn on_timer(&mut self) {
+        if let Some(b) = self.bucket.as_mut() {
+            if let Some(t) = &b.timer {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(t, &mut buf);
+            }
+            if let Some(since) = b.throttled_since.take() {
+                self.counters.add_throttled_time(since.elapsed());
+            }
+        }
+        self.drain();
     }
 
     /// Also writes guest output to `log`, before consuming it.
@@ -191,8 +310,10 @@ impl ConsoleIo {
 
     pub fn interest(&self) -> Interest {
         let keep_full = self.out.overflow() == Overflow::Keep && self.out.space() == 0;
+        let throttled = self.throttled();
         Interest {
-            evtchn: !keep_full,
+            evtchn: !keep_full && !throttled,
+            timer: throttled,
             sink_read: self.sink.accepts_input() && self.sink.connected() && !self.in_full,
             sink_write: self.sink_full && !self.out.is_empty(),
             listen: self.sink.listen_fd().is_some(),
@@ -223,9 +344,13 @@ impl ConsoleIo {
 
     /// How much of the ring the buffer can take now.
     fn room(&self) -> usize {
-        match self.out.overflow() {
+        let room = match self.out.overflow() {
             Overflow::Keep => self.out.space().min(CHUNK),
             Overflow::Discard => CHUNK,
+        };
+        match &self.bucket {
+            Some(b) => room.min(usize::try_from(b.tokens).unwrap_or(usize::MAX)),
+            None => room,
         }
     }
 
@@ -239,6 +364,12 @@ impl ConsoleIo {
     /// most [`BUDGET`] bytes of it.
     pub fn drain(&mut self) {
         self.more = false;
+        if self.throttled() {
+            return;
+        }
+        if let Some(b) = self.bucket.as_mut() {
+            b.refill();
+        }
         let mut moved = 0;
         loop {
             if moved >= BUDGET {
@@ -280,9 +411,32 @@ impl ConsoleIo {
                 break;
             }
             moved += n;
+            if let Some(b) = self.bucket.as_mut() {
+                b.tokens = b.tokens.saturating_sub(n as u64);
+            }
             self.notify();
         }
+        self.limit_rate();
         self.flush();
+    }
+
+    /// Out of tokens with output waiting: stop listening to the guest until
+    /// the timer says it may send again.
+    fn limit_rate(&mut self) {
+        let Some(b) = self.bucket.as_mut() else {
+            return;
+        };
+        if b.tokens > 0 {
+            return;
+        }
+        let pending = self.ring.out_pending().unwrap_or(0);
+        if pending == 0 {
+            return;
+        }
+        self.more = false;
+        if let Err(e) = b.throttle(pending as u64) {
+            tracing::warn!(console = %self.id, error = %e, "cannot arm the rate-limit timer");
+        }
     }
 
     /// Writes `scratch[..n]` to the sink without buffering; returns how

@@ -26,6 +26,7 @@ const KIND_EXTERNAL: u64 = 0;
 const KIND_EVTCHN: u64 = 1;
 const KIND_SINK: u64 = 2;
 const KIND_LISTEN: u64 = 3;
+const KIND_TIMER: u64 = 4;
 
 /// Names a console in the reactor; stale once it is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +56,7 @@ struct Slot {
     evtchn_flags: epoll::EventFlags,
     sink: Option<Registration>,
     listen: Option<Registration>,
+    timer: Option<Registration>,
 }
 
 pub struct Reactor {
@@ -117,6 +119,7 @@ impl Reactor {
                     evtchn_flags: epoll::EventFlags::empty(),
                     sink: None,
                     listen: None,
+                    timer: None,
                 });
                 u32::try_from(self.slots.len() - 1)
                     .map_err(|_| std::io::Error::other("too many consoles"))?
@@ -153,7 +156,10 @@ impl Reactor {
         }
         let io = s.io.take()?;
         let _ = epoll::delete(&self.epoll, io.evtchn().as_fd());
-        for r in [s.sink.take(), s.listen.take()].into_iter().flatten() {
+        for r in [s.sink.take(), s.listen.take(), s.timer.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = epoll::delete(&self.epoll, &r.dup);
         }
         self.free.push(h.slot);
@@ -252,6 +258,7 @@ impl Reactor {
                     }
                 }
                 KIND_LISTEN => io.on_listen(),
+                KIND_TIMER => io.on_timer(),
                 _ => {}
             }
             self.resync(h);
@@ -312,6 +319,13 @@ impl Reactor {
             listen_fd,
             flags_for(want.listen, false),
             token(h, KIND_LISTEN),
+        );
+        sync_one(
+            &self.epoll,
+            &mut s.timer,
+            io.timer_fd(),
+            flags_for(want.timer, false),
+            token(h, KIND_TIMER),
         );
     }
 }

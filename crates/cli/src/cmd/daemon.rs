@@ -94,6 +94,13 @@ pub struct Args {
     /// Console `type` values to serve (repeat); default xenconsoled.
     #[arg(long = "serve-type", default_values_t = vec!["xenconsoled".to_string()])]
     pub serve_types: Vec<String>,
+    /// Limit each console's output to this many bytes per second (a flooding
+    /// guest waits; its neighbours do not notice). Default: no limit.
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub rate_limit: Option<u64>,
+    /// Bytes a quiet console may send at once under --rate-limit.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub rate_burst: u64,
     /// Do not look for domains; serve only what the control socket adds.
     #[arg(long)]
     pub no_discover: bool,
@@ -167,6 +174,10 @@ pub fn options(args: &Args) -> ConsoleOptions {
             replace_escape: args.replace_escape,
         },
         discover_primaries: !args.no_discover,
+        rate_limit: args.rate_limit.map(|r| console::io::RateLimit {
+            bytes_per_sec: r,
+            burst: args.rate_burst,
+        }),
     }
 }
 
