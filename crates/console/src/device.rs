@@ -421,12 +421,20 @@ impl BackendType for ConsoleType {
 
     fn create(
         &mut self,
-        _store: &Client,
+        store: &Client,
         info: &DeviceInfo,
     ) -> Result<Box<dyn BackendDevice>, DeviceError> {
         if info.devid == 0 {
             return Err(fail(
                 "the primary console is served without a XenBus device",
+            ));
+        }
+        // Here, before the bus writes anything: a console of another type
+        // (QEMU's `ioemu`) shares the backend directory layout, and a
+        // refusal after InitWait would set *its* backend Closing.
+        if !type_served(store, &info.frontend_path, &self.opts)? {
+            return Err(DeviceError::Declined(
+                "its type is served by another daemon".into(),
             ));
         }
         tracing::info!(console = %ConsoleId { domid: info.frontend_id, devid: info.devid }, "xen_console_device_create");
@@ -458,9 +466,6 @@ pub struct ConsoleDevice {
 
 impl BackendDevice for ConsoleDevice {
     fn realize(&mut self, store: &Client, info: &DeviceInfo) -> Result<(), DeviceError> {
-        if !type_served(store, &info.frontend_path, &self.opts)? {
-            return Err(fail("its type is served by another daemon"));
-        }
         let sink = take_sink(
             &self.shared,
             store,
@@ -666,6 +671,73 @@ mod tests {
         toolstack_node(&store, &format!("{FE}/limit"), "4096");
 
         assert_eq!(limit(&store, FE, GUEST).unwrap(), 4096);
+    }
+
+    /// A platform the test never reaches: declining must not touch Xen.
+    struct NoXen;
+    impl Platform for NoXen {
+        fn domid(&self) -> DomId {
+            DomId(0)
+        }
+        fn event_channels(&self) -> platform::Result<Box<dyn platform::EventChannels>> {
+            unreachable!("no event channel for a declined console")
+        }
+        fn grant_mapper(&self) -> &dyn platform::GrantMapper {
+            unreachable!("no grant map for a declined console")
+        }
+        fn foreign_mapper(&self) -> &dyn platform::ForeignMapper {
+            unreachable!("no foreign map for a declined console")
+        }
+    }
+
+    #[test]
+    fn a_console_of_another_type_is_left_untouched_for_its_daemon() {
+        // Found on real Xen: xl's `channel` makes a secondary console of
+        // type `ioemu` for QEMU. Declining it only after announcing InitWait
+        // set QEMU's backend to Closing, and QEMU refused the device
+        // ("initial backend state is wrong (Closing)").
+        let (_dir, _server, store) = store();
+        let be = "/local/domain/0/backend/console/7/1";
+        store
+            .transaction(|tx| -> Result<(), xenstore::client::Error> {
+                for (n, v) in [
+                    ("frontend", FE),
+                    ("frontend-id", "7"),
+                    ("online", "1"),
+                    ("state", "1"),
+                ] {
+                    tx.write(&format!("{be}/{n}"), v.as_bytes())?;
+                }
+                for (n, v) in [
+                    ("backend", be),
+                    ("backend-id", "0"),
+                    ("state", "1"),
+                    ("type", "ioemu"),
+                ] {
+                    tx.write(&format!("{FE}/{n}"), v.as_bytes())?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let store = Arc::new(store);
+        let mut bus = xenbus::XenBus::new(store.clone(), DomId(0));
+        let opts = ConsoleOptions {
+            serve_types: vec!["xenconsoled".into()],
+            ..ConsoleOptions::default()
+        };
+        bus.register(Box::new(ConsoleType {
+            platform: Arc::new(NoXen),
+            shared: Arc::new(Mutex::new(Shared::default())),
+            opts,
+        }))
+        .unwrap();
+        bus.start().unwrap();
+
+        bus.rescan();
+
+        assert_eq!(store.read(&format!("{be}/state")).unwrap(), b"1");
+        assert!(store.read(&format!("{be}/hotplug-status")).is_err());
+        assert_eq!(store.read(&format!("{FE}/state")).unwrap(), b"1");
     }
 
     #[test]
