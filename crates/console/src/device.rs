@@ -425,8 +425,9 @@ impl BackendType for ConsoleType {
         info: &DeviceInfo,
     ) -> Result<Box<dyn BackendDevice>, DeviceError> {
         if info.devid == 0 {
-            return Err(fail(
-                "the primary console is served without a XenBus device",
+            // libxl makes this directory for every domain: not an error.
+            return Err(DeviceError::Declined(
+                "the primary console is served without a XenBus device".into(),
             ));
         }
         // Here, before the bus writes anything: a console of another type
@@ -738,6 +739,29 @@ mod tests {
         assert_eq!(store.read(&format!("{be}/state")).unwrap(), b"1");
         assert!(store.read(&format!("{be}/hotplug-status")).is_err());
         assert_eq!(store.read(&format!("{FE}/state")).unwrap(), b"1");
+    }
+
+    #[test]
+    fn the_primary_consoles_backend_directory_is_declined_not_failed() {
+        let (_dir, _server, store) = store();
+        let mut ty = ConsoleType {
+            platform: Arc::new(NoXen),
+            shared: Arc::new(Mutex::new(Shared::default())),
+            opts: ConsoleOptions::default(),
+        };
+        let info = DeviceInfo {
+            backend_type: "console",
+            backend_id: DomId(0),
+            frontend_id: GUEST,
+            devid: 0,
+            backend_path: "/local/domain/0/backend/console/7/0".into(),
+            frontend_path: "/local/domain/7/console".into(),
+            options: Default::default(),
+        };
+
+        let err = ty.create(&store, &info).err().expect("declined");
+
+        assert!(matches!(err, DeviceError::Declined(_)), "{err:?}");
     }
 
     #[test]
