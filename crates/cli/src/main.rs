@@ -12,13 +12,13 @@ use clap::{Parser, Subcommand};
     version,
     about = "Xen paravirtual console backend"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Start the emulated Xen, the daemon and a few guests: the whole system here.
     Up(cmd::up::Args),
     /// Attach to a guest's console (like `xl console`).
@@ -42,7 +42,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let argv = cmd::daemon::expand_config(std::env::args().collect())?;
+    let cli = Cli::parse_from(argv);
     let default_level = match &cli.command {
         Command::Daemon(a) if a.verbose => "debug",
         Command::Up(_) | Command::Attach(_) | Command::Domain(_) | Command::Bench(_) => "warn",

@@ -50,7 +50,13 @@ pub enum PlatformKind {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+#[command(args_override_self = true)]
 pub struct Args {
+    /// Read options from FILE first: one `option = value` (or `flag`) per
+    /// line, named as the long options; `#` starts a comment. Options on
+    /// the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Stay in the foreground (always the case; accepted for xenconsoled compatibility).
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -231,4 +237,105 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Turns a config file into command-line words (`log = guest` becomes
+/// `--log guest`, `replace-escape` becomes `--replace-escape`).
+pub fn config_args(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (name, value) = match line.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim().trim_matches('"'))),
+            None => (line, None),
+        };
+        if name.is_empty()
+            || name == "config"
+            || !name.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+        {
+            bail!("config line {}: {raw:?} is not `option = value`", n + 1);
+        }
+        out.push(format!("--{name}"));
+        if let Some(v) = value {
+            out.push(v.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Inserts a daemon config file's options before the command line's.
+pub fn expand_config(argv: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let Some(daemon_at) = argv.iter().position(|a| a == "daemon") else {
+        return Ok(argv);
+    };
+    let path = argv
+        .iter()
+        .enumerate()
+        .skip(daemon_at + 1)
+        .find_map(|(i, a)| {
+            a.strip_prefix("--config=").map(str::to_owned).or_else(|| {
+                (a == "--config")
+                    .then(|| argv.get(i + 1).cloned())
+                    .flatten()
+            })
+        });
+    let Some(path) = path else {
+        return Ok(argv);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the config file {path}"))?;
+    let mut out = argv[..=daemon_at].to_vec();
+    out.extend(config_args(&text)?);
+    out.extend_from_slice(&argv[daemon_at + 1..]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_files_become_long_options_that_the_command_line_overrides() {
+        let words = config_args(
+            "# xenconsoled-like\nlog = guest\nlog-dir = \"/var/log/xen/console\"\nreplace-escape\n",
+        )
+        .unwrap();
+        assert_eq!(
+            words,
+            [
+                "--log",
+                "guest",
+                "--log-dir",
+                "/var/log/xen/console",
+                "--replace-escape"
+            ]
+        );
+        assert!(config_args("log guest extra").is_err());
+        assert!(config_args("config = /etc/loop").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("daemon.conf");
+        std::fs::write(&file, "log = guest\noverflow-data = keep\n").unwrap();
+        let argv: Vec<String> = [
+            "xen-console",
+            "daemon",
+            "--config",
+            file.to_str().unwrap(),
+            "--log",
+            "none",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let expanded = expand_config(argv).unwrap();
+        use clap::Parser;
+        let cli = crate::Cli::try_parse_from(expanded).unwrap();
+        let crate::Command::Daemon(a) = cli.command else {
+            panic!("not the daemon")
+        };
+        assert_eq!(a.log, Which::None, "the command line wins");
+        assert_eq!(a.overflow_data, Overflow::Keep, "the file applies");
+    }
 }

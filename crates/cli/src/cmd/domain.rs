@@ -9,7 +9,7 @@ use platform::emu::EmuPlatform;
 #[derive(clap::Args)]
 pub struct Args {
     /// The emulator's run directory.
-    #[arg(long, default_value = crate::util::DEFAULT_EMU_DIR)]
+    #[arg(long, global = true, default_value = crate::util::DEFAULT_EMU_DIR)]
     pub dir: PathBuf,
     #[command(subcommand)]
     pub what: What,
