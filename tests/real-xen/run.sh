@@ -7,6 +7,12 @@
 #   bulk        a stream many times the 2 KiB ring arrives byte-exact
 #   input       a line written to the pty we publish in console/tty is echoed
 #   xl-console  Xen's `xl console` shows the guest's output through our tty
+#   hotplug     `xen-console ctl add` makes a console the guest probes as
+#               /dev/hvc1; both directions work through its pty
+#   unplug      `ctl del` removes it from the guest and from XenStore
+#   sigkill-restart  the backend is SIGKILLed during a numbered stream and
+#               started again: no line lost, duplicated or mangled, and the
+#               re-published tty works (xenconsoled: measured, not required)
 # Exit 0 on PASS; otherwise the failed step and the tail of the serial log.
 #
 # Run as root on Debian 12 (bookworm) with apt sources; it installs
@@ -19,6 +25,7 @@
 #   CACHE=dir                      default ~/.cache/xen-console-real-xen
 #   TIMEOUT=secs                   whole boot (default 300); STEP_TIMEOUT (120)
 #   BULK_LINES=n                   bulk stream length in 79-byte lines (1000)
+#   SEQ_LINES=n                    numbered stream across the restart (10000)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -28,6 +35,7 @@ BACKEND="${BACKEND:-ours}"
 TIMEOUT="${TIMEOUT:-300}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-120}"
 BULK_LINES="${BULK_LINES:-1000}"
+SEQ_LINES="${SEQ_LINES:-10000}"
 APT=(apt-get -q -o DPkg::Lock::Timeout=600 -o APT::Sandbox::User=root)
 
 # Debian packages dom0 needs: the hypervisor, the toolstack (xl, xenstored,
@@ -130,7 +138,7 @@ step "boot Xen + dom0 + guest under QEMU TCG (backend: $BACKEND)"
 mkdir -p "$CACHE/logs"
 SERIAL="$CACHE/logs/serial-$(date +%Y%m%d-%H%M%S)-$BACKEND.log"
 XEN_ARGS="console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all noreboot dom0_mem=512M,max:512M"
-DOM0_ARGS="console=hvc0 earlyprintk=xen rxt.backend=$BACKEND rxt.timeout=$STEP_TIMEOUT rxt.bulk=$BULK_LINES"
+DOM0_ARGS="console=hvc0 earlyprintk=xen rxt.backend=$BACKEND rxt.timeout=$STEP_TIMEOUT rxt.bulk=$BULK_LINES rxt.seq=$SEQ_LINES"
 echo "    serial log: $SERIAL" >&2
 T_BOOT=${EPOCHREALTIME/./}
 set +e
