@@ -4,10 +4,12 @@
 //! Rings are really shared between the processes, sinks are real files,
 //! ptys and sockets.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::{eventually, Guest, WAIT};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use console::backend::{BackendHandle, ConsoleBackend};
@@ -17,8 +19,6 @@ use console::sink::SinkSpec;
 use platform::emu::{ConsoleSpec, EmuPlatform, Emulator};
 use platform::DomId;
 use xenstore::client::{Client, XenStore};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 struct World {
     dir: tempfile::TempDir,
@@ -63,102 +63,6 @@ impl World {
             .read(path)
             .ok()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
-    }
-}
-
-struct Guest {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Guest {
-    fn spawn(xen: &Path, xenstore: &Path) -> Guest {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xen-console"))
-            .arg("guest")
-            .arg("--xen")
-            .arg(xen)
-            .arg("--xenstore")
-            .arg(xenstore)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start guest");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(l) = line.strip_prefix('@') {
-                    if tx.send(l.to_owned()).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let mut g = Guest {
-            child,
-            stdin,
-            lines: rx,
-            seen: Vec::new(),
-        };
-        g.wait_for(|l| l.starts_with("ready"), "ready");
-        g
-    }
-
-    fn next(&mut self, what: &str) -> String {
-        let l = self.lines.recv_timeout(WAIT).unwrap_or_else(|_| {
-            panic!(
-                "guest said nothing while waiting for {what}; saw {:?}",
-                self.seen
-            )
-        });
-        self.seen.push(l.clone());
-        l
-    }
-
-    fn wait_for(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
-        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
-            return l.clone();
-        }
-        loop {
-            let l = self.next(what);
-            if pred(&l) {
-                return l;
-            }
-        }
-    }
-
-    fn cmd(&mut self, text: &str) -> String {
-        writeln!(self.stdin, "{text}").unwrap();
-        let start = self.seen.len();
-        loop {
-            let l = self.next(text);
-            if let Some(rest) = l.strip_prefix("ok") {
-                let _ = start;
-                return rest.trim().to_owned();
-            }
-            if l.starts_with("err") {
-                panic!("guest refused {text:?}: {l}");
-            }
-        }
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -3,18 +3,17 @@
 //! logs, crash safety, log rotation, the control socket, and the user's
 //! way in (`attach`, and Xen's own `xenconsole`) driven in a real pty.
 
+mod common;
+
+use common::{eventually, Guest, BIN, WAIT};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use platform::emu::Emulator;
 use platform::DomId;
 use xenstore::client::{Client, XenStore};
-
-const BIN: &str = env!("CARGO_BIN_EXE_xen-console");
-const WAIT: Duration = Duration::from_secs(20);
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -98,97 +97,6 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-    }
-}
-
-struct Guest {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Guest {
-    fn spawn(xen: &Path, xenstore: &Path) -> Guest {
-        let mut child = Command::new(BIN)
-            .arg("guest")
-            .arg("--xen")
-            .arg(xen)
-            .arg("--xenstore")
-            .arg(xenstore)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(l) = line.strip_prefix('@') {
-                    if tx.send(l.to_owned()).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let mut g = Guest {
-            child,
-            stdin,
-            lines: rx,
-            seen: Vec::new(),
-        };
-        g.wait_for(|l| l.starts_with("ready"), "ready");
-        g
-    }
-
-    fn wait_for(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
-        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
-            return l.clone();
-        }
-        loop {
-            let l = self.lines.recv_timeout(WAIT).unwrap_or_else(|_| {
-                panic!(
-                    "guest said nothing while waiting for {what}; saw {:?}",
-                    self.seen
-                )
-            });
-            self.seen.push(l.clone());
-            if pred(&l) {
-                return l;
-            }
-        }
-    }
-
-    fn cmd(&mut self, text: &str) -> String {
-        writeln!(self.stdin, "{text}").unwrap();
-        loop {
-            let l = self
-                .lines
-                .recv_timeout(WAIT)
-                .unwrap_or_else(|_| panic!("no answer to {text:?}"));
-            self.seen.push(l.clone());
-            if let Some(rest) = l.strip_prefix("ok") {
-                return rest.trim().to_owned();
-            }
-            assert!(!l.starts_with("err"), "guest refused {text:?}: {l}");
-        }
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
