@@ -317,14 +317,7 @@ fn recover_log(log: &mut GuestLog, link: &Link) {
             return;
         }
     };
-    let out_cons = link
-        .ring
-        .pages()
-        .load_u32(
-            crate::ring::OUT_CONS_OFFSET,
-            std::sync::atomic::Ordering::Acquire,
-        )
-        .unwrap_or(0);
+    let out_cons = link.ring.out_cons().unwrap_or(0);
     let pending = link.ring.out_pending().unwrap_or(0);
     match log.recover(last, out_cons, pending) {
         Ok(0) => {}

@@ -259,14 +259,7 @@ impl ConsoleIo {
         };
         // Where the ring's consumer index will be once this chunk is
         // consumed: recorded before consuming, for crash recovery.
-        let out_cons = self
-            .ring
-            .pages()
-            .load_u32(
-                crate::ring::OUT_CONS_OFFSET,
-                std::sync::atomic::Ordering::Acquire,
-            )
-            .unwrap_or(0);
+        let out_cons = self.ring.out_cons().unwrap_or(0);
         let n32 = u32::try_from(n).unwrap_or(0);
         let result = log
             .write(&self.scratch[..n])

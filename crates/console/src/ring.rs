@@ -336,6 +336,11 @@ impl ConsoleRing {
         Ok(self.pages.load_u32(IN_CONS_OFFSET, Ordering::Acquire)?)
     }
 
+    /// Our consumer index of `out` (the guest log records it).
+    pub fn out_cons(&self) -> Result<u32> {
+        Ok(self.pages.load_u32(OUT_CONS_OFFSET, Ordering::Acquire)?)
+    }
+
     pub fn connection(&self) -> Result<Connection> {
         Ok(self
             .pages
