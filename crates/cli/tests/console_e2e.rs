@@ -556,3 +556,32 @@ fn a_flooding_guest_is_throttled_while_its_neighbour_stays_fast() {
     assert!(c.counters.throttled_ns > 0);
     assert_eq!(c.counters.dropped, 0);
 }
+
+#[test]
+fn an_index_unplugged_and_added_again_by_the_toolstack_gets_the_toolstacks_sink() {
+    let w = world(opts(SinkSpec::Null));
+    let d = w.emu.create_domain("again", 8).unwrap();
+    let mut g = w.guest(d);
+    let (first, second) = (w.path("first.log"), w.path("second.log"));
+    let devid = w
+        .backend
+        .plug(d, Some(5), SinkSpec::File(first.clone()))
+        .unwrap();
+    g.wait_for(|l| *l == format!("connected {devid}"), "connected");
+    w.backend.unplug(d, devid).unwrap();
+    g.wait_for(|l| *l == format!("closed {devid}"), "closed");
+    let fe = format!("/local/domain/{d}/device/console/5");
+    eventually("nodes removed", || w.read(&fe).is_none());
+    g.seen.clear();
+    let spec = ConsoleSpec {
+        devid: 5,
+        kind: "xenconsoled".into(),
+        output: Some(format!("file:{}", second.display())),
+        name: None,
+    };
+    w.emu.add_console(d, &spec).unwrap();
+    g.wait_for(|l| l == "connected 5", "connected again");
+    g.cmd("print 5 where now");
+    eventually("the toolstack's file", || file_has(&second, b"where now\n"));
+    assert!(!file_has(&first, b"where now\n"));
+}

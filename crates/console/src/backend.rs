@@ -418,7 +418,10 @@ impl ConsoleBackend {
                 }
                 Action::Forget(id) => {
                     self.stop(id);
-                    lock(&self.shared).parked.remove(&id);
+                    let mut s = lock(&self.shared);
+                    s.parked.remove(&id);
+                    // A console added later at this index gets its own sink.
+                    s.assigned.remove(&id);
                     continue;
                 }
             };

@@ -205,6 +205,7 @@ fn output_spec(
 /// it names, as root).
 fn publish_tty(
     store: &Client,
+    backend: DomId,
     id: ConsoleId,
     fe_path: &str,
     sink: &dyn Sink,
@@ -213,8 +214,10 @@ fn publish_tty(
         return Ok(());
     };
     let path = format!("{fe_path}/tty");
+    // Owned by us (the backend domain, which may be a driver domain),
+    // readable by the guest.
     let ro = Perms::new(vec![
-        Perm::new(Access::None, 0),
+        Perm::new(Access::None, backend.0),
         Perm::new(Access::Read, id.domid.0),
     ])
     .map_err(|e| fail(e.to_string()))?;
@@ -467,7 +470,13 @@ impl BackendDevice for ConsoleDevice {
             &info.frontend_path,
             &self.opts,
         )?;
-        publish_tty(store, self.id, &info.frontend_path, sink.as_ref())?;
+        publish_tty(
+            store,
+            self.platform.domid(),
+            self.id,
+            &info.frontend_path,
+            sink.as_ref(),
+        )?;
         tracing::info!(console = %self.id, sink = %sink.spec(), "xen_console_realize");
         self.sink = Some(sink);
         Ok(())
@@ -578,7 +587,7 @@ pub fn connect_primary(
     };
     let ring = ConsoleRing::new(page).map_err(|e| fail(e.to_string()))?;
     let sink = take_sink(shared, store, id, &fe, opts)?;
-    publish_tty(store, id, &fe, sink.as_ref())?;
+    publish_tty(store, platform.domid(), id, &fe, sink.as_ref())?;
     let link = Link {
         id,
         ring,
@@ -768,7 +777,7 @@ mod tests {
             devid: 1,
         };
 
-        publish_tty(&store, id, FE, &pty).unwrap();
+        publish_tty(&store, DomId::DOM0, id, FE, &pty).unwrap();
 
         let perms = store.get_perms(&path).unwrap();
         assert!(!perms.access_for(GUEST.0, None).can_write(), "{perms:?}");
