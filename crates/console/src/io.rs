@@ -144,6 +144,31 @@ const CHUNK: usize = 4096;
 /// the sink keeps its descriptor readable.
 const BUDGET: usize = 32 * CHUNK;
 
+/// Why a write to the sink stopped.
+enum SinkStop {
+    /// All of it was taken (or the sink took nothing without saying why).
+    Took,
+    /// The sink would block: wait for it to become writable.
+    Full,
+    /// The sink has no peer or failed: hold the bytes (backlog).
+    Failed(std::io::Error),
+}
+
+/// Writes as much of `data` as the sink takes right now.
+fn write_some(sink: &mut dyn Sink, data: &[u8]) -> (usize, SinkStop) {
+    let mut done = 0;
+    while done < data.len() {
+        match sink.write(&data[done..]) {
+            Ok(0) => break,
+            Ok(k) => done += k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return (done, SinkStop::Full),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return (done, SinkStop::Failed(e)),
+        }
+    }
+    (done, SinkStop::Took)
+}
+
 pub struct ConsoleIo {
     pub id: ConsoleId,
     ring: ConsoleRing,
@@ -435,27 +460,23 @@ impl ConsoleIo {
     /// Writes `scratch[..n]` to the sink without buffering; returns how
     /// much it took.
     fn write_sink_direct(&mut self, n: usize) -> usize {
-        let mut done = 0;
-        while done < n {
-            match self.sink.write(&self.scratch[done..n]) {
-                Ok(0) => break,
-                Ok(k) => {
-                    done += k;
-                    self.counters.add_bytes_out(k);
-                    self.leave_backlog();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.sink_full = true;
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.enter_backlog(&e);
-                    break;
-                }
-            }
+        let (took, stop) = write_some(self.sink.as_mut(), &self.scratch[..n]);
+        self.account(took, stop);
+        took
+    }
+
+    /// Counts what the sink took and follows why it stopped.
+    fn account(&mut self, took: usize, stop: SinkStop) {
+        if took > 0 {
+            self.counters.add_bytes_out(took);
+            self.sink_full = false;
+            self.leave_backlog();
         }
-        done
+        match stop {
+            SinkStop::Took => {}
+            SinkStop::Full => self.sink_full = true,
+            SinkStop::Failed(e) => self.enter_backlog(&e),
+        }
     }
 
     fn notify(&self) {
@@ -469,24 +490,13 @@ impl ConsoleIo {
     pub fn flush(&mut self) -> bool {
         let mut freed = false;
         while !self.out.is_empty() {
-            match self.sink.write(self.out.front()) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.out.consume(n);
-                    self.counters.add_bytes_out(n);
-                    self.sink_full = false;
-                    freed = true;
-                    self.leave_backlog();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.sink_full = true;
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.enter_backlog(&e);
-                    break;
-                }
+            let (took, stop) = write_some(self.sink.as_mut(), self.out.front());
+            self.out.consume(took);
+            freed |= took > 0;
+            let go_on = took > 0 && matches!(stop, SinkStop::Took);
+            self.account(took, stop);
+            if !go_on {
+                break;
             }
         }
         freed
