@@ -189,6 +189,9 @@ pub struct ConsoleIo {
     more: bool,
     /// The rate limiter, if the operator set one.
     bucket: Option<Bucket>,
+    /// The last accept on a server sink failed: look again after the
+    /// guest's next event.
+    listen_failed: bool,
     /// The guest log, written before output is consumed from the ring.
     log: Option<GuestLog>,
     log_failed: bool,
@@ -219,6 +222,7 @@ impl ConsoleIo {
             in_full: false,
             more: false,
             bucket: None,
+            listen_failed: false,
             log: None,
             log_failed: false,
             scratch: vec![0; CHUNK],
@@ -334,12 +338,13 @@ impl ConsoleIo {
             timer: throttled,
             sink_read: self.sink.accepts_input() && self.sink.connected() && !self.in_full,
             sink_write: self.sink_full && !self.out.is_empty(),
-            listen: self.sink.listen_fd().is_some(),
+            listen: self.sink.listen_fd().is_some() && !self.listen_failed,
         }
     }
 
     /// The guest signalled: output to drain, or input consumed.
     pub fn on_event(&mut self) {
+        self.listen_failed = false;
         let mut fired = Vec::new();
         if let Err(e) = self.evtchn.pending(&mut fired) {
             tracing::warn!(console = %self.id, error = %e, "reading pending ports failed");
@@ -578,7 +583,13 @@ impl ConsoleIo {
     pub fn on_listen(&mut self) {
         match self.sink.accept() {
             Ok(()) => self.flush_and_resume(),
-            Err(e) => tracing::debug!(console = %self.id, error = %e, "accept failed"),
+            Err(e) => {
+                // The peer is still waiting (out of fds, say), so the
+                // listener stays readable: stop watching it until the
+                // guest's next event, or the loop would spin.
+                tracing::warn!(console = %self.id, error = %e, "accepting a sink client failed");
+                self.listen_failed = true;
+            }
         }
     }
 
@@ -794,5 +805,63 @@ mod tests {
         assert!(!io.interest().sink_read);
         io.on_event();
         assert!(io.interest().sink_read);
+    }
+
+    /// A server sink whose peer cannot be accepted (as when out of fds).
+    struct Unacceptable {
+        spec: SinkSpec,
+        waiting: OwnedFd,
+    }
+
+    impl Sink for Unacceptable {
+        fn spec(&self) -> &SinkSpec {
+            &self.spec
+        }
+        fn io_fd(&self) -> Option<BorrowedFd<'_>> {
+            None
+        }
+        fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
+            Some(self.waiting.as_fd())
+        }
+        fn accept(&mut self) -> std::io::Result<()> {
+            Err(std::io::Error::from_raw_os_error(24))
+        }
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::NotConnected.into())
+        }
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::NotConnected.into())
+        }
+        fn connected(&self) -> bool {
+            false
+        }
+        fn accepts_input(&self) -> bool {
+            true
+        }
+        fn tty(&self) -> Option<PathBuf> {
+            None
+        }
+        fn reopen(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_accept_stops_the_listener_being_watched_until_the_guest_signals() {
+        let mut f = fixture();
+        let waiting = rustix::event::eventfd(1, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        let sink = Box::new(Unacceptable {
+            spec: SinkSpec::Null,
+            waiting,
+        });
+        let mut io = f.eager_console(0, sink);
+        assert!(io.interest().listen);
+
+        io.on_listen();
+
+        // The listener is still readable; watching it would spin the loop.
+        assert!(!io.interest().listen);
+        io.on_event();
+        assert!(io.interest().listen);
     }
 }
