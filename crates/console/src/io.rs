@@ -603,7 +603,6 @@ impl ConsoleIo {
 mod tests {
     use super::*;
     use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-    use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -673,12 +672,6 @@ mod tests {
         fn io_fd(&self) -> Option<BorrowedFd<'_>> {
             None
         }
-        fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
-            None
-        }
-        fn accept(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
         fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
             Ok(data.len())
         }
@@ -691,12 +684,6 @@ mod tests {
         }
         fn accepts_input(&self) -> bool {
             true
-        }
-        fn tty(&self) -> Option<PathBuf> {
-            None
-        }
-        fn reopen(&mut self) -> std::io::Result<()> {
-            Ok(())
         }
     }
 
@@ -837,12 +824,6 @@ mod tests {
         }
         fn accepts_input(&self) -> bool {
             true
-        }
-        fn tty(&self) -> Option<PathBuf> {
-            None
-        }
-        fn reopen(&mut self) -> std::io::Result<()> {
-            Ok(())
         }
     }
 

@@ -23,6 +23,36 @@
 //! client (outside any transaction) and for a [`Transaction`], so code that
 //! reads and writes nodes is written once for both.
 
+/// Implements [`XenStore`] for a type with a `scope()` (a connection, or
+/// a transaction on it): every node operation is the scope's.
+macro_rules! xenstore_via_scope {
+    ($t:ty) => {
+        impl XenStore for $t {
+            fn read(&self, path: &str) -> Result<Vec<u8>, Error> {
+                self.scope().read(path)
+            }
+            fn write(&self, path: &str, value: &[u8]) -> Result<(), Error> {
+                self.scope().write(path, value)
+            }
+            fn mkdir(&self, path: &str) -> Result<(), Error> {
+                self.scope().mkdir(path)
+            }
+            fn rm(&self, path: &str) -> Result<(), Error> {
+                self.scope().rm(path)
+            }
+            fn directory(&self, path: &str) -> Result<Vec<String>, Error> {
+                self.scope().directory(path)
+            }
+            fn get_perms(&self, path: &str) -> Result<Perms, Error> {
+                self.scope().get_perms(path)
+            }
+            fn set_perms(&self, path: &str, perms: &Perms) -> Result<(), Error> {
+                self.scope().set_perms(path, perms)
+            }
+        }
+    };
+}
+
 mod conn;
 mod error;
 mod node;
@@ -340,29 +370,7 @@ fn error_reply(req: &Request<'_>, payload: &[u8]) -> Error {
     }
 }
 
-impl XenStore for Client {
-    fn read(&self, path: &str) -> Result<Vec<u8>, Error> {
-        self.scope().read(path)
-    }
-    fn write(&self, path: &str, value: &[u8]) -> Result<(), Error> {
-        self.scope().write(path, value)
-    }
-    fn mkdir(&self, path: &str) -> Result<(), Error> {
-        self.scope().mkdir(path)
-    }
-    fn rm(&self, path: &str) -> Result<(), Error> {
-        self.scope().rm(path)
-    }
-    fn directory(&self, path: &str) -> Result<Vec<String>, Error> {
-        self.scope().directory(path)
-    }
-    fn get_perms(&self, path: &str) -> Result<Perms, Error> {
-        self.scope().get_perms(path)
-    }
-    fn set_perms(&self, path: &str, perms: &Perms) -> Result<(), Error> {
-        self.scope().set_perms(path, perms)
-    }
-}
+xenstore_via_scope!(Client);
 
 #[cfg(test)]
 mod tests {

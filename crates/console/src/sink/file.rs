@@ -44,12 +44,6 @@ impl Sink for FileSink {
     fn io_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
-    fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-    fn accept(&mut self) -> io::Result<()> {
-        Ok(())
-    }
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         loop {
             match self.file.write(data) {
@@ -66,9 +60,6 @@ impl Sink for FileSink {
     }
     fn accepts_input(&self) -> bool {
         false
-    }
-    fn tty(&self) -> Option<PathBuf> {
-        None
     }
     fn reopen(&mut self) -> io::Result<()> {
         self.file = open_log(&self.path)?;

@@ -37,11 +37,15 @@ pub trait Sink: Send {
     /// room for output. None: always writable, no input (file, null).
     fn io_fd(&self) -> Option<BorrowedFd<'_>>;
     /// Server sockets: readable when a peer waits to connect.
-    fn listen_fd(&self) -> Option<BorrowedFd<'_>>;
+    fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
     /// Takes the waiting peers: the first becomes the client when none is
     /// connected; others are accepted and closed at once (logged). Nothing
     /// waiting is not an error.
-    fn accept(&mut self) -> io::Result<()>;
+    fn accept(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// Ok(n) / `WouldBlock` (full) / `NotConnected` (no peer: the caller
     /// keeps the bytes = backlog).
     fn write(&mut self, data: &[u8]) -> io::Result<usize>;
@@ -56,9 +60,13 @@ pub trait Sink: Send {
     /// The sink can produce input for the guest.
     fn accepts_input(&self) -> bool;
     /// pty: the slave path to publish in XenStore `tty`.
-    fn tty(&self) -> Option<PathBuf>;
+    fn tty(&self) -> Option<PathBuf> {
+        None
+    }
     /// file: reopen the same path (log rotation on SIGHUP); others: Ok(()).
-    fn reopen(&mut self) -> io::Result<()>;
+    fn reopen(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// tcp: the address actually bound (the port, when the spec said 0).
     fn local_addr(&self) -> Option<SocketAddr> {
         None

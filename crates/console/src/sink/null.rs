@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::path::PathBuf;
 
 use super::{would_block, Sink, SinkSpec};
 
@@ -32,12 +31,6 @@ impl Sink for NullSink {
     fn io_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
-    fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-    fn accept(&mut self) -> io::Result<()> {
-        Ok(())
-    }
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         Ok(data.len())
     }
@@ -49,11 +42,5 @@ impl Sink for NullSink {
     }
     fn accepts_input(&self) -> bool {
         false
-    }
-    fn tty(&self) -> Option<PathBuf> {
-        None
-    }
-    fn reopen(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }

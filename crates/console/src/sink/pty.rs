@@ -68,12 +68,6 @@ impl Sink for PtySink {
     fn io_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.master.as_fd())
     }
-    fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-    fn accept(&mut self) -> io::Result<()> {
-        Ok(())
-    }
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         pty_result(retry_eintr(|| rustix::io::write(&self.master, data)))
     }
@@ -88,8 +82,5 @@ impl Sink for PtySink {
     }
     fn tty(&self) -> Option<PathBuf> {
         Some(self.tty.clone())
-    }
-    fn reopen(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }

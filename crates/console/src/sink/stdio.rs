@@ -12,7 +12,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
 
 use rustix::event::{epoll, poll, PollFd, PollFlags, Timespec};
 
@@ -61,12 +60,6 @@ impl Sink for StdioSink {
     fn io_fd(&self) -> Option<BorrowedFd<'_>> {
         self.input_open.then(|| self.stdin.as_fd())
     }
-    fn listen_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-    fn accept(&mut self) -> io::Result<()> {
-        Ok(())
-    }
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         Ok(retry_eintr(|| rustix::io::write(&self.stdout, data))?)
     }
@@ -91,11 +84,5 @@ impl Sink for StdioSink {
     }
     fn accepts_input(&self) -> bool {
         self.input_open
-    }
-    fn tty(&self) -> Option<PathBuf> {
-        None
-    }
-    fn reopen(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }

@@ -6,7 +6,6 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::BorrowedFd;
-use std::path::PathBuf;
 
 use super::server::{Listener, Server};
 use super::{Sink, SinkSpec};
@@ -54,12 +53,6 @@ impl Sink for TcpSink {
     }
     fn accepts_input(&self) -> bool {
         true
-    }
-    fn tty(&self) -> Option<PathBuf> {
-        None
-    }
-    fn reopen(&mut self) -> io::Result<()> {
-        Ok(())
     }
     fn local_addr(&self) -> Option<SocketAddr> {
         Some(self.local)

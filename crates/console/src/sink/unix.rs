@@ -104,10 +104,4 @@ impl Sink for UnixSink {
     fn accepts_input(&self) -> bool {
         true
     }
-    fn tty(&self) -> Option<PathBuf> {
-        None
-    }
-    fn reopen(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }

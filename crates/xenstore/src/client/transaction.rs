@@ -99,29 +99,7 @@ fn parse_tx_id(reply: &[u8]) -> Result<u32, Error> {
         .ok_or_else(|| Error::Protocol(format!("TRANSACTION_START answered {reply:?}")))
 }
 
-impl XenStore for Transaction<'_> {
-    fn read(&self, path: &str) -> Result<Vec<u8>, Error> {
-        self.scope().read(path)
-    }
-    fn write(&self, path: &str, value: &[u8]) -> Result<(), Error> {
-        self.scope().write(path, value)
-    }
-    fn mkdir(&self, path: &str) -> Result<(), Error> {
-        self.scope().mkdir(path)
-    }
-    fn rm(&self, path: &str) -> Result<(), Error> {
-        self.scope().rm(path)
-    }
-    fn directory(&self, path: &str) -> Result<Vec<String>, Error> {
-        self.scope().directory(path)
-    }
-    fn get_perms(&self, path: &str) -> Result<Perms, Error> {
-        self.scope().get_perms(path)
-    }
-    fn set_perms(&self, path: &str, perms: &Perms) -> Result<(), Error> {
-        self.scope().set_perms(path, perms)
-    }
-}
+xenstore_via_scope!(Transaction<'_>);
 
 impl Client {
     /// Starts a transaction; see [`Transaction`].
