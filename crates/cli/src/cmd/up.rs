@@ -208,9 +208,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!();
     if let Some((d, name)) = booted.first() {
         let log = args.dir.join("logs").join(format!("guest-{name}.log"));
+        // The boot log arrives in ring-sized pieces: show it once it has
+        // stopped growing for a moment.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::metadata(&log).map_or(0, |m| m.len()) == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        let size = || std::fs::metadata(&log).map_or(0, |m| m.len());
+        let mut last = (0, Instant::now());
+        while Instant::now() < deadline {
+            let now = size();
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if now > 0 && last.1.elapsed() >= Duration::from_millis(200) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         println!("--- the console of domain {d} ({name}) so far ---");
         println!(
